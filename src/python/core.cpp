@@ -1,0 +1,454 @@
+// llama_tq._core: a small binding of the patched llama.cpp for tests, calibration and the tools.
+//
+// It loads a GGUF, creates a context with the KV-cache types under test, runs token batches and returns
+// logits as numpy arrays. Errors that llama.cpp reports through its log (a context it refuses, a model
+// it cannot read) become Python exceptions that carry the logged reason.
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "llama.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <fstream>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace py = pybind11;
+
+namespace {
+
+// ---- logging: print what the user asked for, remember recent warnings/errors for exceptions --------
+
+struct log_sink {
+    std::mutex              mutex;
+    int                     print_level = GGML_LOG_LEVEL_ERROR;  // print this level and above
+    int                     last_level  = GGML_LOG_LEVEL_INFO;   // level that GGML_LOG_LEVEL_CONT continues
+    std::deque<std::string> recent;                              // recent WARN/ERROR lines
+};
+
+log_sink & sink() {
+    static log_sink s;
+    return s;
+}
+
+void log_callback(ggml_log_level level, const char * text, void * /*user_data*/) {
+    log_sink & s = sink();
+    std::lock_guard<std::mutex> lock(s.mutex);
+    const int lvl = level == GGML_LOG_LEVEL_CONT ? s.last_level : (int) level;
+    if (level != GGML_LOG_LEVEL_CONT) {
+        s.last_level = lvl;
+    }
+    if (lvl >= GGML_LOG_LEVEL_WARN) {
+        std::string line(text);
+        while (!line.empty() && (line.back() == '\n' || line.back() == '\r')) {
+            line.pop_back();
+        }
+        if (!line.empty()) {
+            s.recent.push_back(line);
+            if (s.recent.size() > 16) {
+                s.recent.pop_front();
+            }
+        }
+    }
+    if (lvl >= s.print_level && s.print_level != GGML_LOG_LEVEL_NONE) {
+        fputs(text, stderr);
+        fflush(stderr);
+    }
+}
+
+void clear_recent_log() {
+    std::lock_guard<std::mutex> lock(sink().mutex);
+    sink().recent.clear();
+}
+
+std::string recent_log() {
+    std::lock_guard<std::mutex> lock(sink().mutex);
+    std::string out;
+    for (const auto & line : sink().recent) {
+        out += "\n  " + line;
+    }
+    return out;
+}
+
+void set_log_level(const std::string & level) {
+    static const std::vector<std::pair<std::string, int>> levels = {
+        { "debug", GGML_LOG_LEVEL_DEBUG }, { "info", GGML_LOG_LEVEL_INFO }, { "warn", GGML_LOG_LEVEL_WARN },
+        { "error", GGML_LOG_LEVEL_ERROR }, { "none", GGML_LOG_LEVEL_NONE },
+    };
+    for (const auto & [name, value] : levels) {
+        if (name == level) {
+            std::lock_guard<std::mutex> lock(sink().mutex);
+            sink().print_level = value;
+            return;
+        }
+    }
+    throw py::value_error("unknown log level '" + level + "' (valid: debug, info, warn, error, none)");
+}
+
+// ---- KV-cache types --------------------------------------------------------------------------------
+
+// The cache types llama.cpp's tools accept for -ctk/-ctv (common/arg.cpp, kv_cache_types).
+const std::vector<ggml_type> & cache_types() {
+    static const std::vector<ggml_type> types = {
+        GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
+        GGML_TYPE_Q4_1, GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+    };
+    return types;
+}
+
+std::vector<std::string> cache_type_names() {
+    std::vector<std::string> names;
+    for (ggml_type t : cache_types()) {
+        names.emplace_back(ggml_type_name(t));
+    }
+    return names;
+}
+
+ggml_type cache_type_from_name(const std::string & name, const char * which) {
+    for (ggml_type t : cache_types()) {
+        if (name == ggml_type_name(t)) {
+            return t;
+        }
+    }
+    std::string valid;
+    for (const auto & n : cache_type_names()) {
+        valid += (valid.empty() ? "" : ", ") + n;
+    }
+    throw py::value_error(std::string("unknown ") + which + " cache type '" + name + "' (valid: " + valid + ")");
+}
+
+llama_flash_attn_type flash_attn_from(const py::object & value) {
+    if (py::isinstance<py::bool_>(value)) {
+        return value.cast<bool>() ? LLAMA_FLASH_ATTN_TYPE_ENABLED : LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    }
+    if (py::isinstance<py::str>(value)) {
+        const auto s = value.cast<std::string>();
+        if (s == "auto") {
+            return LLAMA_FLASH_ATTN_TYPE_AUTO;
+        }
+        if (s == "on") {
+            return LLAMA_FLASH_ATTN_TYPE_ENABLED;
+        }
+        if (s == "off") {
+            return LLAMA_FLASH_ATTN_TYPE_DISABLED;
+        }
+    }
+    throw py::value_error("flash_attn must be True, False, 'on', 'off' or 'auto'");
+}
+
+// ---- model -----------------------------------------------------------------------------------------
+
+class model {
+  public:
+    model(const std::string & path, int n_gpu_layers) : path_(path) {
+        std::ifstream probe(path, std::ios::binary);
+        if (!probe) {
+            throw py::value_error("cannot open model file '" + path + "'");
+        }
+        char magic[4] = {};
+        probe.read(magic, 4);
+        if (probe.gcount() != 4 || std::string(magic, 4) != "GGUF") {
+            throw py::value_error("'" + path + "' is not a GGUF file (bad magic)");
+        }
+        llama_model_params params = llama_model_default_params();
+        params.n_gpu_layers       = n_gpu_layers;
+        clear_recent_log();
+        {
+            py::gil_scoped_release nogil;
+            model_ = llama_model_load_from_file(path.c_str(), params);
+        }
+        if (!model_) {
+            throw std::runtime_error("llama.cpp could not load '" + path + "'" + recent_log());
+        }
+    }
+
+    ~model() { llama_model_free(model_); }
+
+    model(const model &)             = delete;
+    model & operator=(const model &) = delete;
+
+    llama_model *       get() const { return model_; }
+    const llama_vocab * vocab() const { return llama_model_get_vocab(model_); }
+
+    int n_vocab() const { return llama_vocab_n_tokens(vocab()); }
+
+    std::vector<llama_token> tokenize(const std::string & text, bool add_special, bool parse_special) const {
+        const int32_t n_max = (int32_t) text.size() + 8;
+        std::vector<llama_token> tokens(n_max);
+        int32_t n = llama_tokenize(vocab(), text.data(), (int32_t) text.size(), tokens.data(), n_max, add_special,
+                                   parse_special);
+        if (n < 0) {
+            tokens.resize(-n);
+            n = llama_tokenize(vocab(), text.data(), (int32_t) text.size(), tokens.data(), -n, add_special,
+                               parse_special);
+        }
+        if (n < 0) {
+            throw std::runtime_error("tokenization failed");
+        }
+        tokens.resize(n);
+        return tokens;
+    }
+
+    std::string detokenize(const std::vector<llama_token> & tokens, bool remove_special) const {
+        check_tokens(tokens);
+        std::string text(tokens.size() * 8 + 16, '\0');
+        int32_t n = llama_detokenize(vocab(), tokens.data(), (int32_t) tokens.size(), text.data(),
+                                     (int32_t) text.size(), remove_special, false);
+        if (n < 0) {
+            text.resize(-n);
+            n = llama_detokenize(vocab(), tokens.data(), (int32_t) tokens.size(), text.data(), -n, remove_special,
+                                 false);
+        }
+        text.resize(std::max<int32_t>(n, 0));
+        return text;
+    }
+
+    void check_tokens(const std::vector<llama_token> & tokens) const {
+        const int nv = n_vocab();
+        for (llama_token t : tokens) {
+            if (t < 0 || t >= nv) {
+                throw py::value_error("token id " + std::to_string(t) + " is out of range [0, " + std::to_string(nv) +
+                                      ")");
+            }
+        }
+    }
+
+    py::dict info() const {
+        char desc[256] = {};
+        llama_model_desc(model_, desc, sizeof(desc));
+        py::dict d;
+        d["path"]        = path_;
+        d["desc"]        = std::string(desc);
+        d["n_vocab"]     = n_vocab();
+        d["n_ctx_train"] = llama_model_n_ctx_train(model_);
+        d["n_embd"]      = llama_model_n_embd(model_);
+        d["n_layer"]     = llama_model_n_layer(model_);
+        d["n_head"]      = llama_model_n_head(model_);
+        d["n_head_kv"]   = llama_model_n_head_kv(model_);
+        d["n_params"]    = llama_model_n_params(model_);
+        d["size_bytes"]  = llama_model_size(model_);
+        d["bos"]         = llama_vocab_bos(vocab());
+        d["add_bos"]     = llama_vocab_get_add_bos(vocab());
+        return d;
+    }
+
+  private:
+    std::string   path_;
+    llama_model * model_ = nullptr;
+};
+
+// ---- context ---------------------------------------------------------------------------------------
+
+class context {
+  public:
+    context(std::shared_ptr<model> m, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, const std::string & type_k,
+            const std::string & type_v, const py::object & flash_attn, int n_threads, bool offload_kqv) :
+        model_(std::move(m)) {
+        if (n_ctx == 0) {
+            throw py::value_error("n_ctx must be positive");
+        }
+        llama_context_params params = llama_context_default_params();
+        params.n_ctx                = n_ctx;
+        params.n_batch              = n_batch ? n_batch : n_ctx;
+        params.n_ubatch             = n_ubatch ? n_ubatch : std::min<uint32_t>(params.n_batch, 512);
+        params.n_seq_max            = 1;
+        params.type_k               = cache_type_from_name(type_k, "K");
+        params.type_v               = cache_type_from_name(type_v, "V");
+        params.flash_attn_type      = flash_attn_from(flash_attn);
+        params.offload_kqv          = offload_kqv;
+        params.no_perf              = true;
+        if (n_threads > 0) {
+            params.n_threads       = n_threads;
+            params.n_threads_batch = n_threads;
+        }
+        clear_recent_log();
+        {
+            py::gil_scoped_release nogil;
+            ctx_ = llama_init_from_model(model_->get(), params);
+        }
+        if (!ctx_) {
+            throw std::runtime_error("llama.cpp refused the context (type_k=" + type_k + ", type_v=" + type_v +
+                                     ", n_ctx=" + std::to_string(n_ctx) + ")" + recent_log());
+        }
+        n_batch_ = llama_n_batch(ctx_);
+        type_k_  = type_k;
+        type_v_  = type_v;
+    }
+
+    ~context() { llama_free(ctx_); }
+
+    context(const context &)             = delete;
+    context & operator=(const context &) = delete;
+
+    // Feed tokens at the next positions; return the logits of every token (all=True) or of the last one.
+    py::array_t<float> decode(const std::vector<llama_token> & tokens, bool all) {
+        if (tokens.empty()) {
+            throw py::value_error("decode() needs at least one token");
+        }
+        model_->check_tokens(tokens);
+        const int64_t n_ctx = llama_n_ctx(ctx_);
+        if (n_past_ + (int64_t) tokens.size() > n_ctx) {
+            throw py::value_error("decode() of " + std::to_string(tokens.size()) + " tokens after " +
+                                  std::to_string(n_past_) + " would exceed n_ctx=" + std::to_string(n_ctx));
+        }
+        const int     n_vocab = model_->n_vocab();
+        const int64_t n_out   = all ? (int64_t) tokens.size() : 1;
+
+        py::array_t<float> logits({ n_out, (int64_t) n_vocab });
+        float *            out = logits.mutable_data();
+
+        std::string error;
+        {
+            py::gil_scoped_release nogil;
+            clear_recent_log();
+            llama_batch batch = llama_batch_init((int32_t) n_batch_, 0, 1);
+            int64_t     row   = 0;
+            for (size_t start = 0; start < tokens.size() && error.empty(); start += n_batch_) {
+                const size_t n = std::min<size_t>(n_batch_, tokens.size() - start);
+                batch.n_tokens = (int32_t) n;
+                for (size_t i = 0; i < n; ++i) {
+                    const bool last   = start + i + 1 == tokens.size();
+                    batch.token[i]    = tokens[start + i];
+                    batch.pos[i]      = (llama_pos) (n_past_ + start + i);
+                    batch.n_seq_id[i] = 1;
+                    batch.seq_id[i][0] = 0;
+                    batch.logits[i]   = all || last;
+                }
+                const int32_t rc = llama_decode(ctx_, batch);
+                if (rc != 0) {
+                    error = "llama_decode failed with code " + std::to_string(rc) + recent_log();
+                    break;
+                }
+                for (size_t i = 0; i < n; ++i) {
+                    if (batch.logits[i]) {
+                        const float * src = llama_get_logits_ith(ctx_, (int32_t) i);
+                        std::copy(src, src + n_vocab, out + row * n_vocab);
+                        ++row;
+                    }
+                }
+            }
+            llama_batch_free(batch);
+        }
+        if (!error.empty()) {
+            throw std::runtime_error(error);
+        }
+        n_past_ += (int64_t) tokens.size();
+        return logits;
+    }
+
+    void reset() {
+        llama_memory_clear(llama_get_memory(ctx_), true);
+        n_past_ = 0;
+    }
+
+    size_t   memory_bytes() const { return llama_memory_size_bytes(ctx_); }
+    uint32_t n_ctx() const { return llama_n_ctx(ctx_); }
+    int64_t  n_past() const { return n_past_; }
+
+    const std::string & type_k() const { return type_k_; }
+
+    const std::string & type_v() const { return type_v_; }
+
+  private:
+    std::shared_ptr<model> model_;
+    llama_context *        ctx_     = nullptr;
+    uint32_t               n_batch_ = 0;
+    int64_t                n_past_  = 0;
+    std::string            type_k_;
+    std::string            type_v_;
+};
+
+py::dict build_info() {
+    py::dict d;
+    d["upstream_commit"] = LLAMA_TQ_UPSTREAM_COMMIT;
+    d["upstream_build"]  = LLAMA_TQ_UPSTREAM_BUILD;
+    d["series_hash"]     = LLAMA_TQ_SERIES_HASH;
+
+    py::list backends;
+    std::string compiled = LLAMA_TQ_BACKENDS;
+    for (size_t pos = 0; pos <= compiled.size();) {
+        size_t comma = compiled.find(',', pos);
+        if (comma == std::string::npos) {
+            comma = compiled.size();
+        }
+        if (comma > pos) {
+            backends.append(compiled.substr(pos, comma - pos));
+        }
+        pos = comma + 1;
+    }
+    d["backends"] = backends;
+
+    py::list archs;
+    std::string cuda_archs = LLAMA_TQ_CUDA_ARCHS;
+    for (size_t pos = 0; pos <= cuda_archs.size();) {
+        size_t sep = cuda_archs.find_first_of(",;", pos);
+        if (sep == std::string::npos) {
+            sep = cuda_archs.size();
+        }
+        if (sep > pos) {
+            archs.append(cuda_archs.substr(pos, sep - pos));
+        }
+        pos = sep + 1;
+    }
+    d["cuda_architectures"] = archs;
+
+    py::list devices;
+    for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+        ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+        py::dict           info;
+        info["name"]        = ggml_backend_dev_name(dev);
+        info["description"] = ggml_backend_dev_description(dev);
+        devices.append(info);
+    }
+    d["devices"]     = devices;
+    d["system_info"] = std::string(llama_print_system_info());
+    d["cache_types"] = cache_type_names();
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "llama-tq: bindings of the patched llama.cpp (model, context, logits, KV-cache size)";
+
+    llama_log_set(log_callback, nullptr);
+    llama_backend_init();
+
+    m.def("build_info", &build_info, "What this build is: upstream commit, series hash, backends, CUDA archs");
+    m.def("cache_types", &cache_type_names, "KV-cache type names accepted for type_k / type_v");
+    m.def("set_log_level", &set_log_level, py::arg("level"),
+          "llama.cpp log lines printed to stderr: debug, info, warn, error (default) or none");
+
+    py::class_<model, std::shared_ptr<model>>(m, "Model")
+        .def(py::init<const std::string &, int>(), py::arg("path"), py::arg("n_gpu_layers") = 0)
+        .def_property_readonly("n_vocab", &model::n_vocab)
+        .def_property_readonly("info", &model::info)
+        .def("tokenize", &model::tokenize, py::arg("text"), py::arg("add_special") = true,
+             py::arg("parse_special") = false)
+        .def("detokenize", &model::detokenize, py::arg("tokens"), py::arg("remove_special") = false);
+
+    py::class_<context>(m, "Context")
+        .def(py::init<std::shared_ptr<model>, uint32_t, uint32_t, uint32_t, const std::string &, const std::string &,
+                      const py::object &, int, bool>(),
+             py::arg("model"), py::arg("n_ctx") = 512, py::arg("n_batch") = 0, py::arg("n_ubatch") = 0,
+             py::arg("type_k") = "f16", py::arg("type_v") = "f16", py::arg("flash_attn") = "auto",
+             py::arg("n_threads") = 0, py::arg("offload_kqv") = true)
+        .def("decode", &context::decode, py::arg("tokens"), py::arg("all_logits") = true,
+             "Run tokens at the next positions; returns float32 logits [n_tokens or 1, n_vocab]")
+        .def("reset", &context::reset, "Clear the KV cache and start again at position 0")
+        .def("memory_bytes", &context::memory_bytes,
+             "Bytes llama.cpp allocated for this context's memory (KV cache, plus recurrent state)")
+        .def_property_readonly("n_ctx", &context::n_ctx)
+        .def_property_readonly("n_past", &context::n_past)
+        .def_property_readonly("type_k", &context::type_k)
+        .def_property_readonly("type_v", &context::type_v);
+}
