@@ -32,8 +32,8 @@ def _demo(argv: list[str]) -> int:
     p.add_argument("-m", "--model", help="GGUF model (default: the SmolLM2-135M test model)")
     p.add_argument("-p", "--prompt", default="The three primary colors are")
     p.add_argument("-n", "--n-predict", type=int, default=32)
-    p.add_argument("-ctk", "--cache-type-k", default="q8_0")
-    p.add_argument("-ctv", "--cache-type-v", default="q8_0")
+    p.add_argument("-ctk", "--cache-type-k", default="ktq4")
+    p.add_argument("-ctv", "--cache-type-v", default="vtq3")
     p.add_argument("-c", "--ctx-size", type=int, default=8192, help="context for the memory report")
     args = p.parse_args(argv)
 

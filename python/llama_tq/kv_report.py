@@ -8,6 +8,9 @@ DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
     ("f16", "f16"),
     ("q8_0", "q8_0"),
     ("q4_0", "q4_0"),
+    ("ktq4", "vtq4"),
+    ("ktq4", "vtq3"),
+    ("ktq2", "vtq2"),
 )
 
 

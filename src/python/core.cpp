@@ -9,10 +9,14 @@
 #include <pybind11/stl.h>
 
 #include "ggml-backend.h"
+#include "ggml-cpu.h"
 #include "ggml.h"
 #include "llama.h"
+#include "tq-ggml.h"
 
 #include <algorithm>
+#include <cstring>
+#include <map>
 #include <cstdio>
 #include <deque>
 #include <fstream>
@@ -96,12 +100,18 @@ void set_log_level(const std::string & level) {
 
 // ---- KV-cache types --------------------------------------------------------------------------------
 
-// The cache types llama.cpp's tools accept for -ctk/-ctv (common/arg.cpp, kv_cache_types).
+// The cache types llama.cpp's tools accept for -ctk/-ctv (common/arg.cpp, kv_cache_types), then ours.
 const std::vector<ggml_type> & cache_types() {
-    static const std::vector<ggml_type> types = {
-        GGML_TYPE_F32,  GGML_TYPE_F16,  GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
-        GGML_TYPE_Q4_1, GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
-    };
+    static const std::vector<ggml_type> types = [] {
+        std::vector<ggml_type> t = {
+            GGML_TYPE_F32,  GGML_TYPE_F16,    GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
+            GGML_TYPE_Q4_1, GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
+        };
+        for (int tq = TQ_GGML_FIRST; tq <= TQ_GGML_LAST; ++tq) {
+            t.push_back((ggml_type) tq);
+        }
+        return t;
+    }();
     return types;
 }
 
@@ -118,6 +128,10 @@ ggml_type cache_type_from_name(const std::string & name, const char * which) {
         if (name == ggml_type_name(t)) {
             return t;
         }
+    }
+    const ggml_type tq = tq_ggml_type_from_name(name.c_str());  // vtq2 = vtq2_2, ...
+    if (tq != GGML_TYPE_COUNT) {
+        return tq;
     }
     std::string valid;
     for (const auto & n : cache_type_names()) {
@@ -246,12 +260,71 @@ class model {
     llama_model * model_ = nullptr;
 };
 
+// ---- KV rows as the cache receives them -------------------------------------------------------------
+
+// Observes the graph's SET_ROWS nodes into the KV cache: their source rows are K/V exactly as the cache
+// type receives them (after upstream's Hadamard rotation, which is on for quantized cache types).
+struct kv_collector {
+    bool                                       active = false;
+    std::map<std::string, std::vector<float>>  rows;   // "k.<layer>" / "v.<layer>" -> row-major floats
+    std::map<std::string, int64_t>             width;  // values per row
+
+    // "k.5" for a SET_ROWS into cache_k_l5 (or cache_swa_k_l5 -> "swa_k.5"); empty if not a cache write
+    static std::string key_of(const ggml_tensor * t) {
+        if (t->op != GGML_OP_SET_ROWS) {
+            return {};
+        }
+        // SET_ROWS: src[0] = the rows, src[1] = their indices, src[2] = the destination (the node is a view of it,
+        // named after the cache it writes: "cache_k_l5 (view)")
+        for (const ggml_tensor * d = t; d; d = d == t ? t->src[2] : d->view_src) {
+            const std::string name = d->name;
+            if (name.rfind("cache_", 0) == 0) {
+                const size_t l = name.rfind("_l");
+                if (l == std::string::npos || l < 7) {
+                    return {};
+                }
+                return name.substr(6, l - 6) + "." + name.substr(l + 2, name.find_first_not_of("0123456789", l + 2) - (l + 2));
+            }
+        }
+        return {};
+    }
+
+    static bool callback(ggml_tensor * t, bool ask, void * user_data) {
+        auto * self = (kv_collector *) user_data;
+        if (ask) {
+            return self->active && !key_of(t).empty();
+        }
+        const ggml_tensor * src = t->src[0];
+        const std::string   key = key_of(t);
+        if (key.empty() || !ggml_is_contiguous(src)) {
+            return true;
+        }
+        std::vector<uint8_t> raw(ggml_nbytes(src));
+        ggml_backend_tensor_get(src, raw.data(), 0, raw.size());
+        auto &        out = self->rows[key];
+        const int64_t n   = ggml_nelements(src);
+        const size_t  at  = out.size();
+        out.resize(at + n);
+        if (src->type == GGML_TYPE_F32) {
+            memcpy(out.data() + at, raw.data(), n * sizeof(float));
+        } else if (ggml_get_type_traits(src->type)->to_float) {
+            ggml_get_type_traits(src->type)->to_float(raw.data(), out.data() + at, n);
+        } else {
+            out.resize(at);
+            return true;
+        }
+        self->width[key] = src->ne[0];
+        return true;
+    }
+};
+
 // ---- context ---------------------------------------------------------------------------------------
 
 class context {
   public:
     context(std::shared_ptr<model> m, uint32_t n_ctx, uint32_t n_batch, uint32_t n_ubatch, const std::string & type_k,
-            const std::string & type_v, const py::object & flash_attn, int n_threads, bool offload_kqv) :
+            const std::string & type_v, const py::object & flash_attn, int n_threads, bool offload_kqv,
+            bool collect_kv) :
         model_(std::move(m)) {
         if (n_ctx == 0) {
             throw py::value_error("n_ctx must be positive");
@@ -269,6 +342,11 @@ class context {
         if (n_threads > 0) {
             params.n_threads       = n_threads;
             params.n_threads_batch = n_threads;
+        }
+        if (collect_kv) {
+            collector_                = std::make_unique<kv_collector>();
+            params.cb_eval            = kv_collector::callback;
+            params.cb_eval_user_data  = collector_.get();
         }
         clear_recent_log();
         {
@@ -345,6 +423,31 @@ class context {
         return logits;
     }
 
+    // Decode tokens and return every K/V row written to the cache, keyed "k.<layer>" / "v.<layer>".
+    py::dict collect_kv(const std::vector<llama_token> & tokens) {
+        if (!collector_) {
+            throw py::value_error("create the context with collect_kv=True to collect K/V rows");
+        }
+        collector_->rows.clear();
+        collector_->active = true;
+        try {
+            decode(tokens, false);
+        } catch (...) {
+            collector_->active = false;
+            throw;
+        }
+        collector_->active = false;
+        py::dict out;
+        for (auto & [key, values] : collector_->rows) {
+            const int64_t      w = collector_->width[key];
+            py::array_t<float> a({ (int64_t) values.size() / w, w });
+            std::copy(values.begin(), values.end(), a.mutable_data());
+            out[py::str(key)] = a;
+        }
+        collector_->rows.clear();
+        return out;
+    }
+
     void reset() {
         llama_memory_clear(llama_get_memory(ctx_), true);
         n_past_ = 0;
@@ -365,7 +468,111 @@ class context {
     int64_t                n_past_  = 0;
     std::string            type_k_;
     std::string            type_v_;
+
+    std::unique_ptr<kv_collector> collector_;
 };
+
+// ---- codecs: any ggml type's row format, through ggml's own type traits ------------------------------
+
+ggml_type any_type_from_name(const std::string & name) {
+    for (int t = 0; t < GGML_TYPE_COUNT; ++t) {
+        const ggml_type type = (ggml_type) t;
+        if (ggml_blck_size(type) > 0 && name == ggml_type_name(type)) {
+            return type;
+        }
+    }
+    const ggml_type tq = tq_ggml_type_from_name(name.c_str());
+    if (tq != GGML_TYPE_COUNT) {
+        return tq;
+    }
+    throw py::value_error("unknown ggml type '" + name + "'");
+}
+
+void check_row_length(ggml_type type, int64_t n_per_row) {
+    if (n_per_row <= 0 || n_per_row % ggml_blck_size(type) != 0) {
+        throw py::value_error(std::string(ggml_type_name(type)) + " rows need a length that is a positive multiple of " +
+                              std::to_string(ggml_blck_size(type)) + ", got " + std::to_string(n_per_row));
+    }
+}
+
+using f32_array = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using u8_array  = py::array_t<uint8_t, py::array::c_style | py::array::forcecast>;
+
+py::array_t<uint8_t> quantize_rows(const std::string & name, const f32_array & x) {
+    const ggml_type type = any_type_from_name(name);
+    if (x.ndim() != 2) {
+        throw py::value_error("quantize() takes a 2-D array [n_rows, n_per_row]");
+    }
+    const int64_t nrows = x.shape(0), n_per_row = x.shape(1);
+    check_row_length(type, n_per_row);
+    const size_t         row_size = ggml_row_size(type, n_per_row);
+    py::array_t<uint8_t> out({ (size_t) nrows, row_size });
+    if (nrows > 0) {
+        py::gil_scoped_release nogil;
+        ggml_quantize_chunk(type, x.data(), out.mutable_data(), 0, nrows, n_per_row, nullptr);
+    }
+    return out;
+}
+
+py::array_t<float> dequantize_rows(const std::string & name, const u8_array & data, int64_t n_per_row) {
+    const ggml_type type = any_type_from_name(name);
+    check_row_length(type, n_per_row);
+    const size_t row_size = ggml_row_size(type, n_per_row);
+    if (data.ndim() != 2 || (size_t) data.shape(1) != row_size) {
+        throw py::value_error("dequantize() of " + std::string(ggml_type_name(type)) + " rows of " +
+                              std::to_string(n_per_row) + " values takes a 2-D uint8 array [n_rows, " +
+                              std::to_string(row_size) + "]");
+    }
+    const auto * traits = ggml_get_type_traits(type);
+    if (!traits->to_float) {
+        throw py::value_error(std::string(ggml_type_name(type)) + " has no to_float");
+    }
+    const int64_t      nrows = data.shape(0);
+    py::array_t<float> out({ nrows, n_per_row });
+    {
+        py::gil_scoped_release nogil;
+        for (int64_t r = 0; r < nrows; ++r) {
+            traits->to_float(data.data() + r * row_size, out.mutable_data() + r * n_per_row, n_per_row);
+        }
+    }
+    return out;
+}
+
+// ggml's CPU dot product of each quantized row with y, as flash attention and mul_mat compute it.
+py::array_t<float> vec_dot_rows(const std::string & name, const u8_array & data, const f32_array & y) {
+    const ggml_type type   = any_type_from_name(name);
+    const auto *    traits = ggml_get_type_traits_cpu(type);
+    if (!traits->vec_dot || traits->vec_dot_type != GGML_TYPE_F32) {
+        throw py::value_error(std::string(ggml_type_name(type)) + " has no CPU dot product with F32 vectors");
+    }
+    if (y.ndim() != 1) {
+        throw py::value_error("vec_dot() takes a 1-D float vector y");
+    }
+    const int64_t n = y.shape(0);
+    check_row_length(type, n);
+    const size_t row_size = ggml_row_size(type, n);
+    if (data.ndim() != 2 || (size_t) data.shape(1) != row_size) {
+        throw py::value_error("vec_dot(): data must be [n_rows, " + std::to_string(row_size) + "] uint8");
+    }
+    py::array_t<float> out(data.shape(0));
+    for (int64_t r = 0; r < data.shape(0); ++r) {
+        traits->vec_dot((int) n, out.mutable_data() + r, 0, data.data() + r * row_size, 0, y.data(), 0, 1);
+    }
+    return out;
+}
+
+py::dict type_info(const std::string & name) {
+    const ggml_type type = any_type_from_name(name);
+    py::dict        d;
+    d["name"]             = ggml_type_name(type);
+    d["id"]               = (int) type;
+    d["block_size"]       = ggml_blck_size(type);
+    d["type_size"]        = ggml_type_size(type);
+    d["bits_per_element"] = 8.0 * ggml_type_size(type) / ggml_blck_size(type);
+    d["is_quantized"]     = ggml_is_quantized(type);
+    d["is_cache_type"]    = std::find(cache_types().begin(), cache_types().end(), type) != cache_types().end();
+    return d;
+}
 
 py::dict build_info() {
     py::dict d;
@@ -428,6 +635,14 @@ PYBIND11_MODULE(_core, m) {
     m.def("set_log_level", &set_log_level, py::arg("level"),
           "llama.cpp log lines printed to stderr: debug, info, warn, error (default) or none");
 
+    m.def("quantize", &quantize_rows, py::arg("type"), py::arg("x"),
+          "Quantize float rows [n_rows, n_per_row] to a ggml type; returns uint8 [n_rows, row_size]");
+    m.def("dequantize", &dequantize_rows, py::arg("type"), py::arg("data"), py::arg("n_per_row"),
+          "Decode uint8 rows [n_rows, row_size] of a ggml type to float32 [n_rows, n_per_row]");
+    m.def("vec_dot", &vec_dot_rows, py::arg("type"), py::arg("data"), py::arg("y"),
+          "ggml's CPU dot product of every quantized row with the float vector y");
+    m.def("type_info", &type_info, py::arg("type"), "Block size, bytes per block and bits per element of a type");
+
     py::class_<model, std::shared_ptr<model>>(m, "Model")
         .def(py::init<const std::string &, int>(), py::arg("path"), py::arg("n_gpu_layers") = 0)
         .def_property_readonly("n_vocab", &model::n_vocab)
@@ -438,12 +653,15 @@ PYBIND11_MODULE(_core, m) {
 
     py::class_<context>(m, "Context")
         .def(py::init<std::shared_ptr<model>, uint32_t, uint32_t, uint32_t, const std::string &, const std::string &,
-                      const py::object &, int, bool>(),
+                      const py::object &, int, bool, bool>(),
              py::arg("model"), py::arg("n_ctx") = 512, py::arg("n_batch") = 0, py::arg("n_ubatch") = 0,
              py::arg("type_k") = "f16", py::arg("type_v") = "f16", py::arg("flash_attn") = "auto",
-             py::arg("n_threads") = 0, py::arg("offload_kqv") = true)
+             py::arg("n_threads") = 0, py::arg("offload_kqv") = true, py::arg("collect_kv") = false)
         .def("decode", &context::decode, py::arg("tokens"), py::arg("all_logits") = true,
              "Run tokens at the next positions; returns float32 logits [n_tokens or 1, n_vocab]")
+        .def("collect_kv", &context::collect_kv, py::arg("tokens"),
+             "Decode tokens; return the K/V rows the cache received (after the Hadamard rotation that quantized "
+             "cache types get), as float32 arrays keyed 'k.<layer>' / 'v.<layer>'")
         .def("reset", &context::reset, "Clear the KV cache and start again at position 0")
         .def("memory_bytes", &context::memory_bytes,
              "Bytes llama.cpp allocated for this context's memory (KV cache, plus recurrent state)")

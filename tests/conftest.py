@@ -1,4 +1,4 @@
-"""Fixtures for tests of the installed package: the built module, the bundled tools, the test model."""
+"""Fixtures shared by the test suites: the built module, the bundled tools, the test model."""
 
 from __future__ import annotations
 
