@@ -1,0 +1,981 @@
+// llama-tq: CUDA converters, GET_ROWS, SET_ROWS and CPY of the ktq / vtq KV-cache types.
+// See tq-cuda.cuh for where ggml-cuda calls in, docs/formats.md for the formats. Built with -fmad=false
+// (ggml/src/ggml-cuda/CMakeLists.txt hook): the encoders mirror the CPU reference's float/double
+// operations, and a fused multiply-add would round differently.
+
+#include "tq-cuda.cuh"
+
+#include <cmath>
+#include <cstring>
+
+#define TQ_CUDA_BLOCK_SIZE 256
+#define TQ_CUDA_INF        3.0e38f  // TQ_INF of tq-trellis.c
+#define TQ_CUDA_FP16_MAX   65504.0
+
+// ---- tables from the host's active codebook (tq_levels: built-in or LLAMA_TQ_CODEBOOK) -------------
+
+template <ggml_type type>
+static tq_cuda_tab<type> tq_cuda_host_tab() {
+    tq_cuda_tab<type> t;
+    memcpy(t.v, tq_levels(TQ_GGML_TO_TQ(type)), sizeof(t.v));
+    return t;
+}
+
+// copy the by-value table of a kernel argument into shared memory (call from all threads, then sync)
+template <ggml_type type>
+static __device__ __forceinline__ void tq_cuda_load_tab(float * s_tab, const tq_cuda_tab<type> & tab) {
+    for (int i = threadIdx.x; i < tq_cuda_fmt<type>::ntab; i += blockDim.x) {
+        s_tab[i] = tab.v[i];
+    }
+}
+
+// ---- dequantize: contiguous, non-contiguous, get_rows -----------------------------------------------
+
+template <ggml_type type, typename dst_t>
+static __global__ void tq_k_dequant_cont(const uint8_t * __restrict__ x, dst_t * __restrict__ y, const int64_t k,
+                                         const tq_cuda_tab<type> tab) {
+    using F = tq_cuda_fmt<type>;
+    __shared__ float s_tab[F::ntab];
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < k; i += (int64_t) gridDim.x * blockDim.x) {
+        y[i] = ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(x + (i / QK_TQ) * F::bs, (int) (i % QK_TQ), s_tab));
+    }
+}
+
+// s01, s02, s03: strides in blocks; y is contiguous [ne03][ne02][ne01][ne00]
+template <ggml_type type, typename dst_t>
+static __global__ void tq_k_dequant_nc(const uint8_t * __restrict__ x, dst_t * __restrict__ y, const int64_t ne00,
+                                       const int64_t ne01, const int64_t ne02, const int64_t n, const int64_t s01,
+                                       const int64_t s02, const int64_t s03, const tq_cuda_tab<type> tab) {
+    using F = tq_cuda_fmt<type>;
+    __shared__ float s_tab[F::ntab];
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
+        const int64_t i00 = i % ne00;
+        int64_t       r   = i / ne00;
+        const int64_t i01 = r % ne01;
+        r /= ne01;
+        const int64_t i02 = r % ne02;
+        const int64_t i03 = r / ne02;
+        const int64_t ib  = i03 * s03 + i02 * s02 + i01 * s01 + i00 / QK_TQ;
+        y[i] = ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(x + ib * F::bs, (int) (i00 % QK_TQ), s_tab));
+    }
+}
+
+static int tq_cuda_grid(const int64_t n) {
+    return (int) std::max<int64_t>(1, std::min<int64_t>((n + TQ_CUDA_BLOCK_SIZE - 1) / TQ_CUDA_BLOCK_SIZE, 8192));
+}
+
+template <ggml_type type, typename dst_t>
+static void tq_dequant_cont_cuda(const void * x, dst_t * y, const int64_t k, cudaStream_t stream) {
+    if (k <= 0) {
+        return;
+    }
+    tq_k_dequant_cont<type, dst_t><<<tq_cuda_grid(k), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(
+        (const uint8_t *) x, y, k, tq_cuda_host_tab<type>());
+}
+
+template <ggml_type type, typename dst_t>
+static void tq_dequant_nc_cuda(const void * x, dst_t * y, const int64_t ne00, const int64_t ne01, const int64_t ne02,
+                               const int64_t ne03, const int64_t s01, const int64_t s02, const int64_t s03,
+                               cudaStream_t stream) {
+    const int64_t n = ne00 * ne01 * ne02 * ne03;
+    if (n <= 0) {
+        return;
+    }
+    GGML_ASSERT(ne00 % QK_TQ == 0);
+    tq_k_dequant_nc<type, dst_t><<<tq_cuda_grid(n), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(
+        (const uint8_t *) x, y, ne00, ne01, ne02, n, s01, s02, s03, tq_cuda_host_tab<type>());
+}
+
+#define TQ_CUDA_CASE_RET(T, t, fn, ...) \
+    case GGML_TYPE_##T:                 \
+        return fn<GGML_TYPE_##T, __VA_ARGS__>;
+
+to_fp16_cuda_t tq_cuda_get_to_fp16(ggml_type type) {
+#define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_cont_cuda, half)
+    switch (type) {
+        TQ_GGML_FOR_EACH(X)
+        default: return nullptr;
+    }
+#undef X
+}
+
+to_fp32_cuda_t tq_cuda_get_to_fp32(ggml_type type) {
+#define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_cont_cuda, float)
+    switch (type) {
+        TQ_GGML_FOR_EACH(X)
+        default: return nullptr;
+    }
+#undef X
+}
+
+to_bf16_cuda_t tq_cuda_get_to_bf16(ggml_type type) {
+#define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_cont_cuda, nv_bfloat16)
+    switch (type) {
+        TQ_GGML_FOR_EACH(X)
+        default: return nullptr;
+    }
+#undef X
+}
+
+to_fp16_nc_cuda_t tq_cuda_get_to_fp16_nc(ggml_type type) {
+#define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_nc_cuda, half)
+    switch (type) {
+        TQ_GGML_FOR_EACH(X)
+        default: return nullptr;
+    }
+#undef X
+}
+
+to_fp32_nc_cuda_t tq_cuda_get_to_fp32_nc(ggml_type type) {
+#define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_nc_cuda, float)
+    switch (type) {
+        TQ_GGML_FOR_EACH(X)
+        default: return nullptr;
+    }
+#undef X
+}
+
+to_bf16_nc_cuda_t tq_cuda_get_to_bf16_nc(ggml_type type) {
+#define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_nc_cuda, nv_bfloat16)
+    switch (type) {
+        TQ_GGML_FOR_EACH(X)
+        default: return nullptr;
+    }
+#undef X
+}
+
+// dst[i10, i11, i12] = src0[src1[i10, i11, i12], i11, i12] (byte strides; src1 is I32)
+template <ggml_type type, typename dst_t>
+static __global__ void tq_k_get_rows(const char * __restrict__ src0, const char * __restrict__ src1,
+                                     char * __restrict__ dst, const int64_t ne00, const int64_t ne10,
+                                     const int64_t ne11, const int64_t n, const size_t nb01, const size_t nb02,
+                                     const size_t nb03, const size_t nb10, const size_t nb11, const size_t nb12,
+                                     const size_t nb1, const size_t nb2, const size_t nb3, const tq_cuda_tab<type> tab) {
+    using F = tq_cuda_fmt<type>;
+    __shared__ float s_tab[F::ntab];
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
+        const int64_t i00 = i % ne00;
+        int64_t       r   = i / ne00;
+        const int64_t i10 = r % ne10;
+        r /= ne10;
+        const int64_t i11 = r % ne11;
+        const int64_t i12 = r / ne11;
+        const int64_t row = *(const int32_t *) (src1 + i10 * nb10 + i11 * nb11 + i12 * nb12);
+        const uint8_t * blk = (const uint8_t *) (src0 + row * nb01 + i11 * nb02 + i12 * nb03) + (i00 / QK_TQ) * F::bs;
+        dst_t * y = (dst_t *) (dst + i10 * nb1 + i11 * nb2 + i12 * nb3);
+        y[i00]    = ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(blk, (int) (i00 % QK_TQ), s_tab));
+    }
+}
+
+template <ggml_type type, typename dst_t>
+static void tq_get_rows_cuda(const void * src0_d, const int32_t * src1_d, void * dst_d, int64_t ne00, size_t nb01,
+                             size_t nb02, size_t nb03, int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10,
+                             size_t nb11, size_t nb12, size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream) {
+    const int64_t n = ne00 * ne10 * ne11 * ne12;
+    if (n <= 0) {
+        return;
+    }
+    tq_k_get_rows<type, dst_t><<<tq_cuda_grid(n), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(
+        (const char *) src0_d, (const char *) src1_d, (char *) dst_d, ne00, ne10, ne11, n, nb01, nb02, nb03, nb10,
+        nb11, nb12, nb1, nb2, nb3, tq_cuda_host_tab<type>());
+}
+
+template <ggml_type type>
+static void tq_get_rows_cuda_dst(const void * src0_d, const int32_t * src1_d, void * dst_d, ggml_type dst_type,
+                                 int64_t ne00, size_t nb01, size_t nb02, size_t nb03, int64_t ne10, int64_t ne11,
+                                 int64_t ne12, size_t nb10, size_t nb11, size_t nb12, size_t nb1, size_t nb2, size_t nb3,
+                                 cudaStream_t stream) {
+    switch (dst_type) {
+        case GGML_TYPE_F32:
+            tq_get_rows_cuda<type, float>(src0_d, src1_d, dst_d, ne00, nb01, nb02, nb03, ne10, ne11, ne12, nb10, nb11,
+                                          nb12, nb1, nb2, nb3, stream);
+            break;
+        case GGML_TYPE_F16:
+            tq_get_rows_cuda<type, half>(src0_d, src1_d, dst_d, ne00, nb01, nb02, nb03, ne10, ne11, ne12, nb10, nb11,
+                                         nb12, nb1, nb2, nb3, stream);
+            break;
+        case GGML_TYPE_BF16:
+            tq_get_rows_cuda<type, nv_bfloat16>(src0_d, src1_d, dst_d, ne00, nb01, nb02, nb03, ne10, ne11, ne12, nb10,
+                                                nb11, nb12, nb1, nb2, nb3, stream);
+            break;
+        default:
+            GGML_ABORT("%s: unsupported dst type %s", __func__, ggml_type_name(dst_type));
+    }
+}
+
+void tq_cuda_get_rows(const void * src0_d, ggml_type src0_type, const int32_t * src1_d, void * dst_d, ggml_type dst_type,
+                      int64_t ne00, size_t nb01, size_t nb02, size_t nb03,
+                      int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
+                      size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream) {
+    GGML_ASSERT(ne00 % QK_TQ == 0);
+    switch (src0_type) {
+#define X(T, t)                                                                                                  \
+    case GGML_TYPE_##T:                                                                                          \
+        tq_get_rows_cuda_dst<GGML_TYPE_##T>(src0_d, src1_d, dst_d, dst_type, ne00, nb01, nb02, nb03, ne10, ne11, \
+                                            ne12, nb10, nb11, nb12, nb1, nb2, nb3, stream);                      \
+        break;
+        TQ_GGML_FOR_EACH(X)
+#undef X
+        default:
+            GGML_ABORT("%s: not a llama-tq type: %s", __func__, ggml_type_name(src0_type));
+    }
+}
+
+// ---- encoders -------------------------------------------------------------------------------------
+
+static __device__ __forceinline__ double tq_cuda_sanitize(const float v) {
+    return isfinite(v) ? (double) v : 0.0;
+}
+
+static __device__ __forceinline__ uint16_t tq_cuda_fp16_bits(const float v) {
+    return __half_as_ushort(__float2half_rn(v));
+}
+
+static __device__ __forceinline__ float tq_cuda_fp16_val(const uint16_t h) {
+    return __half2float(__ushort_as_half(h));
+}
+
+// appends b-bit codes to a little-endian bit stream written byte by byte
+struct tq_cuda_bitwriter {
+    uint8_t * p;
+    uint32_t  acc  = 0;
+    int       nacc = 0;
+
+    __device__ explicit tq_cuda_bitwriter(uint8_t * p) : p(p) {}
+
+    __device__ void put(const unsigned c, const int b) {
+        acc |= c << nacc;
+        nacc += b;
+        while (nacc >= 8) {
+            *p++ = (uint8_t) acc;
+            acc >>= 8;
+            nacc -= 8;
+        }
+    }
+};
+
+// Where the blocks of a SET_ROWS / CPY come from and go to: value j of block ib is the float at
+// src_row(ib) + j * nb00, dst_blk(ib) is the destination block.
+struct tq_cuda_loc_set_rows {
+    const char * src0;
+    const char * src1;
+    char *       dst;
+    int64_t      nblk;  // blocks per row (ne00 / 64)
+    int64_t      ne01, ne02, ne11, ne12;
+    size_t       nb00, nb01, nb02, nb03, nb10, nb11, nb12, nb1, nb2, nb3;
+    int          bs;
+    bool         idx64;
+
+    __device__ void split(const int64_t ib, int64_t & i00, int64_t & i01, int64_t & i02, int64_t & i03) const {
+        i00       = (ib % nblk) * QK_TQ;
+        int64_t r = ib / nblk;
+        i01       = r % ne01;
+        r /= ne01;
+        i02 = r % ne02;
+        i03 = r / ne02;
+    }
+
+    // the block's 64 source values are src_row(ib)[j * nb00]
+    __device__ const char * src_row(const int64_t ib) const {
+        int64_t i00, i01, i02, i03;
+        split(ib, i00, i01, i02, i03);
+        return src0 + i00 * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03;
+    }
+
+    __device__ uint8_t * dst_blk(const int64_t ib) const {
+        int64_t i00, i01, i02, i03;
+        split(ib, i00, i01, i02, i03);
+        const char *  pi  = src1 + i01 * nb10 + (i02 % ne11) * nb11 + (i03 % ne12) * nb12;
+        const int64_t row = idx64 ? *(const int64_t *) pi : (int64_t) *(const int32_t *) pi;
+        return (uint8_t *) (dst + row * nb1 + i02 * nb2 + i03 * nb3) + (i00 / QK_TQ) * bs;
+    }
+};
+
+// CPY F32 -> type: the flattened element order of src0 and dst agree; dst rows hold whole blocks
+struct tq_cuda_loc_cpy {
+    const char * src0;
+    char *       dst;
+    int64_t      ne00, ne01, ne02;
+    size_t       nb00, nb01, nb02, nb03;
+    int64_t      nblk1, ne11, ne12;  // dst: blocks per row, ne11, ne12
+    size_t       nb11, nb12, nb13;
+    int          bs;
+
+    // src0->ne[0] % 64 == 0 (supports_op), so a block's values lie in one source row
+    __device__ const char * src_row(const int64_t ib) const {
+        const int64_t i   = ib * QK_TQ;
+        const int64_t i00 = i % ne00;
+        int64_t       r   = i / ne00;
+        const int64_t i01 = r % ne01;
+        r /= ne01;
+        const int64_t i02 = r % ne02;
+        const int64_t i03 = r / ne02;
+        return src0 + i00 * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03;
+    }
+
+    __device__ uint8_t * dst_blk(const int64_t ib) const {
+        const int64_t i10 = ib % nblk1;
+        int64_t       r   = ib / nblk1;
+        const int64_t i11 = r % ne11;
+        r /= ne11;
+        const int64_t i12 = r % ne12;
+        const int64_t i13 = r / ne12;
+        return (uint8_t *) (dst + i11 * nb11 + i12 * nb12 + i13 * nb13) + i10 * bs;
+    }
+};
+
+// ---- scalar codebook encoder (ktqb, vtqb_1): tq_codebook_quantize_block of tq-codebook.c, one thread per block
+
+#define TQ_CB_ITERS 8
+
+struct tq_cuda_cb_params {
+    float  lv[16];
+    double mid[15];
+    double lmax;
+};
+
+template <ggml_type type>
+static tq_cuda_cb_params tq_cuda_host_cb_params() {
+    constexpr int     n  = 1 << tq_cuda_fmt<type>::b;
+    const float *     lv = tq_levels(TQ_GGML_TO_TQ(type));
+    tq_cuda_cb_params p  = {};
+    float             am = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        p.lv[i] = lv[i];
+        am      = fmaxf(am, fabsf(lv[i]));
+        if (i + 1 < n) {
+            p.mid[i] = 0.5 * ((double) lv[i] + (double) lv[i + 1]);
+        }
+    }
+    p.lmax = am;
+    return p;
+}
+
+template <int n>
+static __device__ __forceinline__ int tq_cuda_nearest(const double * thr, const double x) {
+    int c = 0;
+#pragma unroll
+    for (int step = n >> 1; step > 0; step >>= 1) {
+        c += x > thr[c + step - 1] ? step : 0;
+    }
+    return c;
+}
+
+template <ggml_type type, class Loc>
+static __global__ void tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_params P) {
+    using F        = tq_cuda_fmt<type>;
+    constexpr int b = F::b;
+    constexpr int n = 1 << b;
+
+    __shared__ float  s_lv[16];
+    __shared__ double s_mid[15];
+    if (threadIdx.x < n) {
+        s_lv[threadIdx.x] = P.lv[threadIdx.x];
+    }
+    if (threadIdx.x < n - 1) {
+        s_mid[threadIdx.x] = P.mid[threadIdx.x];
+    }
+    __syncthreads();
+
+    const int64_t ib = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
+    if (ib >= nblocks) {
+        return;
+    }
+    const double lmax = P.lmax;
+
+    const char * xrow = loc.src_row(ib);
+    float        xv[QK_TQ];
+    double       ss   = 0.0;
+    double       amax = 0.0;
+#pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+        xv[j]          = *(const float *) (xrow + j * loc.nb00);
+        const double x = tq_cuda_sanitize(xv[j]);
+        ss += x * x;
+        amax = fmax(amax, fabs(x));
+    }
+
+    uint8_t * blk = loc.dst_blk(ib);
+    uint8_t   codes[QK_TQ];
+    uint8_t   best_codes[QK_TQ];
+    uint16_t  best_d16 = 0;
+
+    if (ss > 0.0 && lmax > 0.0) {
+        const double starts[2] = { sqrt(ss / QK_TQ), amax / lmax };
+        double       thr[n - 1];
+        double       best_e16 = ss;  // the all-zero block's error
+#pragma unroll 1
+    #pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+            codes[j] = 0;
+        }
+        for (int si = 0; si < 2; ++si) {
+            double d     = starts[si];
+            double d_fit = 0.0;
+            double e_fit = ss;
+            for (int it = 0; it < TQ_CB_ITERS; ++it) {
+                bool   changed = it == 0;
+                double num     = 0.0;
+                double den     = 0.0;
+                for (int i = 0; i < n - 1; ++i) {
+                    thr[i] = s_mid[i] * d;
+                }
+        #pragma unroll 1
+    #pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+                    const double x = tq_cuda_sanitize(xv[j]);
+                    const int    c = tq_cuda_nearest<n>(thr, x);
+                    changed |= c != codes[j];
+                    codes[j] = (uint8_t) c;
+                    num += x * s_lv[c];
+                    den += (double) s_lv[c] * s_lv[c];
+                }
+                if (!changed || !(num > 0.0) || !(den > 0.0)) {
+                    break;
+                }
+                const double dn  = num / den;
+                double       err = 0.0;
+        #pragma unroll 1
+    #pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+                    const double e = tq_cuda_sanitize(xv[j]) - dn * s_lv[codes[j]];
+                    err += e * e;
+                }
+                if (err < e_fit) {
+                    e_fit = err;
+                    d_fit = dn;
+                }
+                d = dn;
+            }
+            if (!(d_fit > 0.0)) {
+                continue;
+            }
+            const uint16_t d16 = tq_cuda_fp16_bits((float) fmin(d_fit, TQ_CUDA_FP16_MAX));
+            const double   dq  = tq_cuda_fp16_val(d16);
+            if (!(dq > 0.0)) {
+                continue;
+            }
+            double err = 0.0;
+            for (int i = 0; i < n - 1; ++i) {
+                thr[i] = s_mid[i] * dq;
+            }
+    #pragma unroll 1
+    #pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+                const double x = tq_cuda_sanitize(xv[j]);
+                const int    c = tq_cuda_nearest<n>(thr, x);
+                const double e = x - dq * s_lv[c];
+                codes[j]       = (uint8_t) c;
+                err += e * e;
+            }
+            if (err < best_e16 || (best_d16 == 0 && err <= best_e16)) {
+                best_e16 = err;
+                best_d16 = d16;
+        #pragma unroll 1
+    #pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+                    best_codes[j] = codes[j];
+                }
+            }
+        }
+    }
+
+    blk[0] = (uint8_t) (best_d16 & 0xFF);
+    blk[1] = (uint8_t) (best_d16 >> 8);
+    tq_cuda_bitwriter bw(blk + F::qs_off);
+#pragma unroll 1
+    for (int j = 0; j < QK_TQ; ++j) {
+        bw.put(best_d16 != 0 ? best_codes[j] : 0u, b);
+    }
+}
+
+// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one warp
+// per block. Lane l owns the states s = l + 32*j (their table values live in registers). A step first takes,
+// for the two predecessor groups g = l and l + 32 of its states (s mod 64), the minimum over the K = 2^k
+// states g*K + h (ties: lowest h, remembered for the trace-back), then writes the new costs of its states:
+// cost'(s) = m[s mod 64] + (y - t[s])^2 (weight-0 samples: m). Costs live in shared memory with one float
+// of padding per 32 (conflict-free for both access patterns). Arithmetic, order and tie rules are those
+// of tq-viterbi.inc, so the chosen path is the CPU's.
+
+#define TQ_VIT_WARPS 4
+
+template <int k>
+struct tq_vit_smem {
+    static constexpr int NS = 1 << (k + 6);
+    float    cost[NS + NS / 32];
+    uint8_t  hb[QK_TQ][64];  // [step][group]: argmin h of the step's predecessor minimum
+    float    xv[QK_TQ];      // input block
+    float    y[QK_TQ];       // Viterbi target
+    uint16_t st[QK_TQ];      // path of the last pass
+    int      g_fix;
+};
+
+static __device__ __forceinline__ int tq_vit_pos(const int s) {
+    return s + (s >> 5);
+}
+
+// storage position of state s in tq-viterbi.inc (used for its tie rule at the end of a free pass)
+template <int k>
+static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
+    constexpr int K = 1 << k;
+    constexpr int Q = 64 / K;
+    const int     g = s >> k;
+    return (s & (K - 1)) * 64 + (g % Q) * K + g / Q;
+}
+
+// One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set). g_fix < 0: free;
+// else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the best path in ws.st (lane 0 writes).
+template <int k>
+static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[(1 << (k + 6)) / 32], const uint64_t w0,
+                                   const int rot, const int g_fix) {
+    constexpr int K    = 1 << k;
+    constexpr int NS   = K * 64;
+    constexpr int NPL  = NS / 32;  // states per lane
+    const int     lane = threadIdx.x % 32;
+
+    {
+        const int   i0 = rot;
+        const float y0 = ws.y[i0];
+        const bool  z0 = (w0 >> i0) & 1;
+#pragma unroll
+        for (int j = 0; j < NPL; ++j) {
+            const int   s = lane + 32 * j;
+            const float e = y0 - t_reg[j];
+            float       c = z0 ? (0.0f * e) * e : e * e;
+            if (g_fix >= 0 && (s & 63) != g_fix) {
+                c = TQ_CUDA_INF;
+            }
+            ws.cost[tq_vit_pos(s)] = c;
+        }
+    }
+
+    for (int i = 1; i < QK_TQ; ++i) {
+        __syncwarp();
+        float m[2];
+#pragma unroll
+        for (int gi = 0; gi < 2; ++gi) {
+            const int g  = lane + 32 * gi;
+            float     v  = ws.cost[tq_vit_pos(g * K)];
+            int       hb = 0;
+#pragma unroll
+            for (int h = 1; h < K; ++h) {
+                const float c = ws.cost[tq_vit_pos(g * K + h)];
+                if (c < v) {
+                    v  = c;
+                    hb = h;
+                }
+            }
+            m[gi]        = v;
+            ws.hb[i][g]  = (uint8_t) hb;
+        }
+        __syncwarp();
+        const int   ii = (i + rot) & (QK_TQ - 1);
+        const float yi = ws.y[ii];
+        const bool  zi = (w0 >> ii) & 1;
+#pragma unroll
+        for (int j = 0; j < NPL; ++j) {
+            const int   s  = lane + 32 * j;
+            const float mm = m[j & 1];  // (lane + 32 j) mod 64 = lane + 32 (j & 1)
+            const float e  = yi - t_reg[j];
+            ws.cost[tq_vit_pos(s)] = zi ? mm : mm + e * e;
+        }
+    }
+    __syncwarp();
+
+    int sbest;
+    if (g_fix < 0) {
+        // min cost, ties: lowest storage position of tq-viterbi.inc
+        float bc = TQ_CUDA_INF;
+        int   bp = 1 << 30;
+        int   bs = 0;
+#pragma unroll
+        for (int j = 0; j < NPL; ++j) {
+            const int   s = lane + 32 * j;
+            const float c = ws.cost[tq_vit_pos(s)];
+            const int   p = tq_vit_cpu_pos<k>(s);
+            if (c < bc || (c == bc && p < bp)) {
+                bc = c;
+                bp = p;
+                bs = s;
+            }
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float oc = __shfl_xor_sync(0xFFFFFFFF, bc, off);
+            const int   op = __shfl_xor_sync(0xFFFFFFFF, bp, off);
+            const int   os = __shfl_xor_sync(0xFFFFFFFF, bs, off);
+            if (oc < bc || (oc == bc && op < bp)) {
+                bc = oc;
+                bp = op;
+                bs = os;
+            }
+        }
+        sbest = bs;
+    } else {
+        sbest   = g_fix * K;
+        float v = ws.cost[tq_vit_pos(sbest)];
+        for (int h = 1; h < K; ++h) {
+            const float c = ws.cost[tq_vit_pos(g_fix * K + h)];
+            if (c < v) {
+                v     = c;
+                sbest = g_fix * K + h;
+            }
+        }
+    }
+
+    if (lane == 0) {
+        int s             = sbest;
+        ws.st[QK_TQ - 1] = (uint16_t) s;
+        for (int i = QK_TQ - 1; i > 0; --i) {
+            const int g  = s & 63;
+            s            = g * K + ws.hb[i][g];
+            ws.st[i - 1] = (uint16_t) s;
+        }
+    }
+    __syncwarp();
+}
+
+template <ggml_type type, class Loc>
+static __global__ void __launch_bounds__(32 * TQ_VIT_WARPS)
+tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type> tab, const float tmax_f) {
+    using F             = tq_cuda_fmt<type>;
+    constexpr int k     = F::b;
+    constexpr int K     = 1 << k;
+    constexpr int NS    = F::ntab;
+    constexpr int NPL   = NS / 32;
+    constexpr int n_out = F::n_out;
+
+    __shared__ float             s_tab[NS];
+    __shared__ tq_vit_smem<k>    s_ws[TQ_VIT_WARPS];
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+
+    const int     warp = threadIdx.x / 32;
+    const int     lane = threadIdx.x % 32;
+    const int64_t ib   = (int64_t) blockIdx.x * TQ_VIT_WARPS + warp;
+    if (ib >= nblocks) {
+        return;
+    }
+    tq_vit_smem<k> & ws = s_ws[warp];
+
+    float t_reg[NPL];
+#pragma unroll
+    for (int j = 0; j < NPL; ++j) {
+        t_reg[j] = s_tab[lane + 32 * j];
+    }
+    const char * xrow = loc.src_row(ib);
+    ws.xv[lane]       = *(const float *) (xrow + lane * loc.nb00);
+    ws.xv[lane + 32]  = *(const float *) (xrow + (lane + 32) * loc.nb00);
+    __syncwarp();
+
+    uint8_t * blk = loc.dst_blk(ib);
+
+    // preparation (lane 0, double, sequential as in tq_trellis_quantize_block)
+    uint64_t w0 = 0;  // bit j set: sample j has weight 0 (an outlier slot)
+    int      zero_block = 0;
+    if (lane == 0) {
+        for (int o = 0; o < n_out; ++o) {
+            int    jbest = -1;
+            double vbest = -1.0;
+            #pragma unroll 1
+            for (int j = 0; j < QK_TQ; ++j) {
+                const double x = tq_cuda_sanitize(ws.xv[j]);
+                if (!((w0 >> j) & 1) && fabs(x) > vbest) {
+                    vbest = fabs(x);
+                    jbest = j;
+                }
+            }
+            w0 |= (uint64_t) 1 << jbest;
+            const double   xo  = tq_cuda_sanitize(ws.xv[jbest]);
+            const uint16_t od  = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, xo)));
+            blk[2 + 2 * o]     = (uint8_t) (od & 0xFF);
+            blk[2 + 2 * o + 1] = (uint8_t) (od >> 8);
+            blk[2 + 2 * n_out + o] = (uint8_t) jbest;
+        }
+        double ss = 0.0;
+        #pragma unroll 1
+        for (int j = 0; j < QK_TQ; ++j) {
+            const double x = tq_cuda_sanitize(ws.xv[j]);
+            ss += ((w0 >> j) & 1 ? 0.0 : 1.0) * x * x;
+        }
+        zero_block = !(ss > 0.0) ? 1 : 0;
+        if (!zero_block) {
+            const double rms  = sqrt(ss / (QK_TQ - n_out));
+            double       amax = 0.0;
+            #pragma unroll 1
+            for (int j = 0; j < QK_TQ; ++j) {
+                if (!((w0 >> j) & 1)) {
+                    amax = fmax(amax, fabs(tq_cuda_sanitize(ws.xv[j])));
+                }
+            }
+            const double tmax = tmax_f;
+            const double d0   = tmax > 0.0 && amax / tmax > rms ? amax / tmax : rms;
+            #pragma unroll 1
+            for (int j = 0; j < QK_TQ; ++j) {
+                ws.y[j] = (w0 >> j) & 1 ? 0.0f : (float) (tq_cuda_sanitize(ws.xv[j]) / d0);
+            }
+        }
+    }
+    w0         = __shfl_sync(0xFFFFFFFF, w0, 0);
+    zero_block = __shfl_sync(0xFFFFFFFF, zero_block, 0);
+    __syncwarp();
+
+    if (zero_block) {
+        if (lane == 0) {
+            blk[0] = 0;
+            blk[1] = 0;
+            #pragma unroll 1
+            for (int j = 0; j < F::qs_bytes; ++j) {
+                blk[F::qs_off + j] = 0;
+            }
+        }
+        return;
+    }
+
+    // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
+    tq_vit_pass<k>(ws, t_reg, w0, QK_TQ / 2, -1);
+    const int g_fix = ws.st[QK_TQ / 2] & 63;
+    __syncwarp();
+    tq_vit_pass<k>(ws, t_reg, w0, 0, g_fix);
+
+    if (lane == 0) {
+        uint8_t * qs = blk + F::qs_off;
+        tq_cuda_bitwriter bw(qs);
+#pragma unroll 1
+        for (int i = 0; i < QK_TQ; ++i) {
+            bw.put(ws.st[i] & (K - 1), k);
+        }
+        // least-squares scale of the path, decoded from the stream as the CPU does
+        double num = 0.0;
+        double den = 0.0;
+        #pragma unroll 1
+        for (int j = 0; j < QK_TQ; ++j) {
+            if (!((w0 >> j) & 1)) {
+                const int      bit = j * k;
+                const int      byt = bit >> 3;
+                const int      nxt = byt + 1 == F::qs_bytes ? 0 : byt + 1;
+                const unsigned w   = (unsigned) qs[byt] | (unsigned) qs[nxt] << 8;
+                const double   tv  = s_tab[(w >> (bit & 7)) & (NS - 1)];
+                const double   x   = tq_cuda_sanitize(ws.xv[j]);
+                num += x * tv;
+                den += tv * tv;
+            }
+        }
+        uint16_t d16 = 0;
+        if (den > 0.0) {
+            d16 = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, num / den)));
+        } else {
+            #pragma unroll 1
+            for (int j = 0; j < F::qs_bytes; ++j) {
+                qs[j] = 0;
+            }
+        }
+        blk[0] = (uint8_t) (d16 & 0xFF);
+        blk[1] = (uint8_t) (d16 >> 8);
+    }
+}
+
+template <ggml_type type, class Loc>
+static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t stream) {
+    if (nblocks <= 0) {
+        return;
+    }
+    using F = tq_cuda_fmt<type>;
+    if constexpr (F::trellis) {
+        const tq_cuda_tab<type> tab  = tq_cuda_host_tab<type>();
+        float                   tmax = 0.0f;
+        for (int i = 0; i < F::ntab; ++i) {
+            tmax = fmaxf(tmax, fabsf(tab.v[i]));
+        }
+        const int64_t nb = (nblocks + TQ_VIT_WARPS - 1) / TQ_VIT_WARPS;
+        GGML_ASSERT(nb <= INT32_MAX);
+        tq_k_encode_trellis<type, Loc><<<(unsigned) nb, 32 * TQ_VIT_WARPS, 0, stream>>>(loc, nblocks, tab, tmax);
+    } else {
+        constexpr int nt = 128;
+        const int64_t nb = (nblocks + nt - 1) / nt;
+        GGML_ASSERT(nb <= INT32_MAX);
+        tq_k_encode_codebook<type, Loc><<<(unsigned) nb, nt, 0, stream>>>(loc, nblocks, tq_cuda_host_cb_params<type>());
+    }
+    CUDA_CHECK(cudaGetLastError());
+}
+
+template <class Loc>
+static void tq_encode_cuda_type(const ggml_type type, const Loc & loc, const int64_t nblocks, cudaStream_t stream) {
+    switch (type) {
+#define X(T, t)                                                \
+    case GGML_TYPE_##T:                                        \
+        tq_encode_cuda<GGML_TYPE_##T, Loc>(loc, nblocks, stream); \
+        break;
+        TQ_GGML_FOR_EACH(X)
+#undef X
+        default:
+            GGML_ABORT("%s: not a llama-tq type: %s", __func__, ggml_type_name(type));
+    }
+}
+
+void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    const ggml_tensor * src0 = dst->src[0];
+    const ggml_tensor * src1 = dst->src[1];
+
+    GGML_ASSERT(TQ_GGML_IS_TQ(dst->type));
+    GGML_ASSERT(src0->type == GGML_TYPE_F32);
+    GGML_ASSERT(src1->type == GGML_TYPE_I64 || src1->type == GGML_TYPE_I32);
+    GGML_ASSERT(src0->ne[0] % QK_TQ == 0);
+
+    tq_cuda_loc_set_rows loc;
+    loc.src0  = (const char *) src0->data;
+    loc.src1  = (const char *) src1->data;
+    loc.dst   = (char *) dst->data;
+    loc.nblk  = src0->ne[0] / QK_TQ;
+    loc.ne01  = src0->ne[1];
+    loc.ne02  = src0->ne[2];
+    loc.ne11  = src1->ne[1];
+    loc.ne12  = src1->ne[2];
+    loc.nb00  = src0->nb[0];
+    loc.nb01  = src0->nb[1];
+    loc.nb02  = src0->nb[2];
+    loc.nb03  = src0->nb[3];
+    loc.nb10  = src1->nb[0];
+    loc.nb11  = src1->nb[1];
+    loc.nb12  = src1->nb[2];
+    loc.nb1   = dst->nb[1];
+    loc.nb2   = dst->nb[2];
+    loc.nb3   = dst->nb[3];
+    loc.bs    = (int) ggml_type_size(dst->type);
+    loc.idx64 = src1->type == GGML_TYPE_I64;
+
+    const int64_t nblocks = loc.nblk * src0->ne[1] * src0->ne[2] * src0->ne[3];
+    tq_encode_cuda_type(dst->type, loc, nblocks, ctx.stream());
+}
+
+// type -> F32, one thread per element (any strides on both sides)
+template <ggml_type type>
+static __global__ void tq_k_cpy_to_f32(const char * __restrict__ src0, char * __restrict__ dst, const int64_t n,
+                                       const int64_t ne00, const int64_t ne01, const int64_t ne02, const size_t nb00,
+                                       const size_t nb01, const size_t nb02, const size_t nb03, const int64_t ne10,
+                                       const int64_t ne11, const int64_t ne12, const size_t nb10, const size_t nb11,
+                                       const size_t nb12, const size_t nb13, const tq_cuda_tab<type> tab) {
+    using F = tq_cuda_fmt<type>;
+    __shared__ float s_tab[F::ntab];
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
+        int64_t       r   = i;
+        const int64_t i00 = r % ne00;
+        r /= ne00;
+        const int64_t i01 = r % ne01;
+        r /= ne01;
+        const int64_t i02 = r % ne02;
+        const int64_t i03 = r / ne02;
+        r                 = i;
+        const int64_t i10 = r % ne10;
+        r /= ne10;
+        const int64_t i11 = r % ne11;
+        r /= ne11;
+        const int64_t i12 = r % ne12;
+        const int64_t i13 = r / ne12;
+        const uint8_t * blk = (const uint8_t *) (src0 + (i00 / QK_TQ) * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03);
+        *(float *) (dst + i10 * nb10 + i11 * nb11 + i12 * nb12 + i13 * nb13) =
+            tq_cuda_dequant1<type>(blk, (int) (i00 % QK_TQ), s_tab);
+    }
+}
+
+void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml_tensor * src1) {
+    cudaStream_t stream = ctx.stream();
+    const int64_t n = ggml_nelements(src0);
+    GGML_ASSERT(n == ggml_nelements(src1));
+    if (n == 0) {
+        return;
+    }
+
+    if (src0->type == GGML_TYPE_F32 && TQ_GGML_IS_TQ(src1->type)) {
+        GGML_ASSERT(src0->ne[0] % QK_TQ == 0 && src1->ne[0] % QK_TQ == 0);
+        tq_cuda_loc_cpy loc;
+        loc.src0  = (const char *) src0->data;
+        loc.dst   = (char *) src1->data;
+        loc.ne00  = src0->ne[0];
+        loc.ne01  = src0->ne[1];
+        loc.ne02  = src0->ne[2];
+        loc.nb00  = src0->nb[0];
+        loc.nb01  = src0->nb[1];
+        loc.nb02  = src0->nb[2];
+        loc.nb03  = src0->nb[3];
+        loc.nblk1 = src1->ne[0] / QK_TQ;
+        loc.ne11  = src1->ne[1];
+        loc.ne12  = src1->ne[2];
+        loc.nb11  = src1->nb[1];
+        loc.nb12  = src1->nb[2];
+        loc.nb13  = src1->nb[3];
+        loc.bs    = (int) ggml_type_size(src1->type);
+        tq_encode_cuda_type(src1->type, loc, n / QK_TQ, stream);
+        return;
+    }
+
+    if (TQ_GGML_IS_TQ(src0->type) && src1->type == GGML_TYPE_F32) {
+        GGML_ASSERT(src0->ne[0] % QK_TQ == 0);
+        switch (src0->type) {
+#define X(T, t)                                                                                                       \
+    case GGML_TYPE_##T:                                                                                               \
+        tq_k_cpy_to_f32<GGML_TYPE_##T><<<tq_cuda_grid(n), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(                           \
+            (const char *) src0->data, (char *) src1->data, n, src0->ne[0], src0->ne[1], src0->ne[2], src0->nb[0],     \
+            src0->nb[1], src0->nb[2], src0->nb[3], src1->ne[0], src1->ne[1], src1->ne[2], src1->nb[0], src1->nb[1], \
+            src1->nb[2], src1->nb[3], tq_cuda_host_tab<GGML_TYPE_##T>());                                            \
+        break;
+            TQ_GGML_FOR_EACH(X)
+#undef X
+            default:
+                break;
+        }
+        CUDA_CHECK(cudaGetLastError());
+        return;
+    }
+
+    GGML_ABORT("%s: unsupported type combination (%s to %s)", __func__, ggml_type_name(src0->type),
+               ggml_type_name(src1->type));
+}
+
+bool tq_cuda_supports_op(const ggml_tensor * op, bool * supported) {
+    switch (op->op) {
+        case GGML_OP_GET_ROWS:
+            if (!TQ_GGML_IS_TQ(op->src[0]->type)) {
+                return false;
+            }
+            *supported = (op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_F16 || op->type == GGML_TYPE_BF16) &&
+                         op->src[1]->type == GGML_TYPE_I32 && op->src[0]->ne[0] % QK_TQ == 0;
+            return true;
+        case GGML_OP_SET_ROWS:
+            if (!TQ_GGML_IS_TQ(op->type)) {
+                return false;
+            }
+            *supported = op->src[0]->type == GGML_TYPE_F32 &&
+                         (op->src[1]->type == GGML_TYPE_I64 || op->src[1]->type == GGML_TYPE_I32) &&
+                         op->src[0]->ne[0] % QK_TQ == 0;
+            return true;
+        case GGML_OP_CPY:
+        case GGML_OP_DUP: {
+            const ggml_tensor * a = op->src[0];
+            const ggml_tensor * b = op->op == GGML_OP_CPY ? op->src[1] : op;
+            if (!TQ_GGML_IS_TQ(a->type) && !TQ_GGML_IS_TQ(b->type)) {
+                return false;
+            }
+            if (a->type == b->type) {
+                *supported = ggml_is_contiguous(a) && ggml_is_contiguous(b);  // a plain memcpy
+            } else if (a->type == GGML_TYPE_F32) {
+                *supported = a->ne[0] % QK_TQ == 0 && b->ne[0] % QK_TQ == 0;
+            } else if (b->type == GGML_TYPE_F32) {
+                *supported = a->ne[0] % QK_TQ == 0;
+            } else {
+                *supported = false;
+            }
+            return true;
+        }
+        default:
+            return false;
+    }
+}

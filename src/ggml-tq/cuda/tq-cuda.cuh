@@ -1,0 +1,41 @@
+// llama-tq: CUDA kernels of the ktq / vtq KV-cache types, as seen by ggml-cuda's hooks.
+//
+// The upstream files only branch here when a tensor has one of our types (TQ_GGML_IS_TQ):
+//   convert.cu      ggml_get_to_{fp16,fp32,bf16}[_nc]_cuda  -> tq_cuda_get_to_*   (FA prefill, K-shift cast)
+//   getrows.cu      get_rows_cuda                            -> tq_cuda_get_rows
+//   set-rows.cu     ggml_cuda_op_set_rows                    -> tq_cuda_set_rows   (the KV-cache write)
+//   cpy.cu          ggml_cuda_cpy                            -> tq_cuda_cpy        (F32 <-> type)
+//   ggml-cuda.cu    supports_op                              -> tq_cuda_supports_op
+//   fattn.cu        ggml_cuda_fattn_kv_type_supported        (all types: K/V are converted to f16 by
+//                                                              the to_fp16 converters for FA)
+// Encoders run on the GPU and follow the CPU reference (src/ggml-tq) operation for operation: the scalar
+// codebook quantizer one thread per block, the tail-biting two-pass Viterbi of the trellis types one warp
+// per block (all 2^L states, 64 steps, same tie rules), so CUDA and CPU agree bit for bit barring
+// compiler differences (the file is built with -fmad=false to keep float/double rounding identical).
+#pragma once
+
+#include "common.cuh"
+#include "convert.cuh"
+
+to_fp16_cuda_t    tq_cuda_get_to_fp16(ggml_type type);
+to_fp32_cuda_t    tq_cuda_get_to_fp32(ggml_type type);
+to_bf16_cuda_t    tq_cuda_get_to_bf16(ggml_type type);
+to_fp16_nc_cuda_t tq_cuda_get_to_fp16_nc(ggml_type type);
+to_fp32_nc_cuda_t tq_cuda_get_to_fp32_nc(ggml_type type);
+to_bf16_nc_cuda_t tq_cuda_get_to_bf16_nc(ggml_type type);
+
+// same arguments as get_rows_cuda (getrows.cu); src0_type is a llama-tq type
+void tq_cuda_get_rows(const void * src0_d, ggml_type src0_type, const int32_t * src1_d, void * dst_d, ggml_type dst_type,
+                      int64_t ne00, size_t nb01, size_t nb02, size_t nb03,
+                      int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
+                      size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream);
+
+// SET_ROWS into a llama-tq type (src0 F32, indices I32 or I64)
+void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
+
+// CPY F32 -> type, type -> F32 (other pairs: GGML_ABORT)
+void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml_tensor * src1);
+
+// true if op involves a llama-tq type in an op that this file implements (GET_ROWS, SET_ROWS, CPY, DUP);
+// *supported then says whether this op's shapes/types are supported. false: not ours, upstream decides.
+bool tq_cuda_supports_op(const ggml_tensor * op, bool * supported);

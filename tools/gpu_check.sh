@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# llama-tq: build, check and (optionally) time the CUDA kernels of the ktq/vtq KV-cache types on a GPU
+# machine (H100/H200, sm_90). Runs ON the device machine, from the root of a llama-tq checkout:
+#
+#   here:    python tools/upstream.py --tree <patched tree> pack --out .carry/cuda-src.tar.gz
+#   device:  bash tools/gpu_check.sh            (the device tool: carry .carry, OUT is set)
+#
+# Steps: unpack the patched, trimmed tree into $TQ_BUILD/src (content-synced, so a warm $TQ_BUILD only
+# rebuilds what changed), copy src/ (our sources) beside it, configure (sm_90, tests on, server off),
+# build test-backend-ops (+ llama-bench, llama-quantize with TQ_BENCH=1), run test-backend-ops -b CUDA0
+# for SET_ROWS, GET_ROWS, CPY, FLASH_ATTN_EXT (all cases: ours and upstream's), optionally
+# compute-sanitizer memcheck on our cases (TQ_SANITIZE=1) and a llama-bench sweep on a random-weight
+# llama (TQ_BENCH=1). Logs go to $OUT (at most 8 files come back from the device tool); a short table is
+# printed last.
+#
+# Environment:
+#   OUT            output folder (default ./gpu-check-out)
+#   TQ_TAR         patched tree tarball (default .carry/cuda-src.tar.gz)
+#   TQ_BUILD       build root, reused between runs (default /tmp/build)
+#   TQ_ARCHS       CMAKE_CUDA_ARCHITECTURES (default 90)
+#   TQ_FA_QUANTS   GGML_CUDA_FA_QUANTS (default: upstream's default set)
+#   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT")
+#   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY) on the llama-tq cases of TQ_OPS
+#   TQ_BENCH=1     llama-bench -fa 1 -p 512 -n 64 over TQ_BENCH_DEPTHS for TQ_BENCH_PAIRS
+#   TQ_BENCH_DEPTHS (default 0,8192)   TQ_BENCH_PAIRS (default "f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3")
+#   TQ_BENCH_REPS  llama-bench -r (default 3)
+#   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
+#                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records go to $OUT/kv_speed (benchmarks/kv_speed.py)
+#   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
+#                  SmolLM2 Q4_1 GGUF as TQ_MODEL (or its halves .carry/smol.part-*) and .carry/eval.txt;
+#                  logs packed into $OUT/quality.tar.gz (make the table here with kv_quality.py --from-logs)
+#   TQ_QUALITY_PAIRS  default: the pairs of benchmarks/kv_quality.py
+#   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
+#   TQ_SKIP_TESTS=1  skip test-backend-ops
+set -u -o pipefail
+
+ROOT=$(pwd)
+OUT=${OUT:-$ROOT/gpu-check-out}
+TQ_TAR=${TQ_TAR:-$ROOT/.carry/cuda-src.tar.gz}
+TQ_BUILD=${TQ_BUILD:-/tmp/build}
+TQ_ARCHS=${TQ_ARCHS:-90}
+TQ_OPS=${TQ_OPS:-"SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT"}
+TQ_BENCH_DEPTHS=${TQ_BENCH_DEPTHS:-0,8192}
+TQ_BENCH_PAIRS=${TQ_BENCH_PAIRS:-"f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3"}
+TQ_BENCH_REPS=${TQ_BENCH_REPS:-3}
+mkdir -p "$OUT" "$TQ_BUILD"
+SUMMARY=$OUT/summary.txt
+: > "$SUMMARY"
+say() { echo "$*" | tee -a "$SUMMARY"; }
+t0=$(date +%s)
+stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
+
+export PATH=/usr/local/cuda/bin:$PATH
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
+
+# ---- sources: content-synced copies (unchanged files keep their mtimes, so ninja rebuilds little) ----
+stamp "unpack $TQ_TAR"
+rm -rf "$TQ_BUILD/unpack" && mkdir -p "$TQ_BUILD/unpack" && tar xzf "$TQ_TAR" -C "$TQ_BUILD/unpack" || { say "unpack failed"; exit 1; }
+python3 - "$TQ_BUILD/unpack/llama.cpp" "$TQ_BUILD/src/llama.cpp" "$ROOT/src" "$TQ_BUILD/src/llama-tq-src" <<'EOF'
+import filecmp, os, shutil, sys
+def sync(src, dst):
+    n = 0
+    keep = set()
+    for d, _, files in os.walk(src):
+        for f in files:
+            s = os.path.join(d, f)
+            rel = os.path.relpath(s, src)
+            t = os.path.join(dst, rel)
+            keep.add(rel)
+            if os.path.islink(s):
+                continue
+            if not os.path.exists(t) or not filecmp.cmp(s, t, shallow=False):
+                os.makedirs(os.path.dirname(t), exist_ok=True)
+                shutil.copyfile(s, t)
+                shutil.copymode(s, t)
+                n += 1
+    for d, _, files in os.walk(dst):
+        for f in files:
+            t = os.path.join(d, f)
+            if os.path.relpath(t, dst) not in keep:
+                os.remove(t)
+                n += 1
+    print(f"sync {src} -> {dst}: {n} changed")
+sync(sys.argv[1], sys.argv[2])
+sync(sys.argv[3], sys.argv[4])
+EOF
+SRC=$TQ_BUILD/src/llama.cpp
+BLD=$TQ_BUILD/build
+
+# ---- configure + build ----
+stamp "configure"
+FA_ARG=()
+[ -n "${TQ_FA_QUANTS:-}" ] && FA_ARG=(-DGGML_CUDA_FA_QUANTS="$TQ_FA_QUANTS")
+cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$TQ_ARCHS" \
+    -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_OPENSSL=OFF \
+    -DLLAMA_BUILD_NUMBER=11312 -DLLAMA_BUILD_COMMIT=0c1e570 \
+    -DLLAMA_TQ_SRC_DIR="$TQ_BUILD/src/llama-tq-src" "${FA_ARG[@]}" > "$OUT/build.log" 2>&1 \
+    || { tail -30 "$OUT/build.log"; say "configure FAILED"; exit 1; }
+TARGETS=(test-backend-ops)
+[ "${TQ_BENCH:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
+[ "${TQ_QUALITY:-0}" = 1 ] && TARGETS+=(llama-perplexity llama-quantize)
+[ "${TQ_FINETUNE:-0}" = 1 ] && TARGETS+=(llama-finetune llama-quantize)
+stamp "build ${TARGETS[*]}"
+tb=$(date +%s)
+if ! cmake --build "$BLD" --target "${TARGETS[@]}" -j "$(nproc)" >> "$OUT/build.log" 2>&1; then
+    grep -E "error|Error" "$OUT/build.log" | head -40
+    say "build FAILED"
+    exit 1
+fi
+say "build: $(( $(date +%s) - tb )) s"
+TBO=$BLD/bin/test-backend-ops
+
+# ---- test-backend-ops ----
+: > "$OUT/tests.log"
+say ""
+[ "${TQ_SKIP_TESTS:-0}" = 1 ] && TQ_OPS=""
+[ -n "$TQ_OPS" ] && say "test-backend-ops -b CUDA0 (all cases of the op / llama-tq cases):"
+for op in $TQ_OPS; do
+    stamp "test $op"
+    log=$OUT/test-$op.tmp
+    "$TBO" test -b CUDA0 -o "$op" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' > "$log"
+    rc=$?
+    cat "$log" >> "$OUT/tests.log"
+    # case lines: "  OP(params): OK" / ": FAIL" / ": not supported [CUDA0]"
+    cases=$(grep -E "^  $op\(" "$log")
+    tqc=$(echo "$cases" | grep -E "ktq|vtq")
+    ok=$(echo "$cases" | grep -c ": OK$")
+    fail=$(echo "$cases" | grep -c ": FAIL")
+    nsup=$(echo "$cases" | grep -c "not supported")
+    tok=$(echo "$tqc" | grep -c ": OK$")
+    tfail=$(echo "$tqc" | grep -c ": FAIL")
+    tnsup=$(echo "$tqc" | grep -c "not supported")
+    say "$(printf '  %-15s all: %4d ok %3d fail %4d unsupported | tq: %4d ok %3d fail %3d unsupported | rc %d' "$op" "$ok" "$fail" "$nsup" "$tok" "$tfail" "$tnsup" "$rc")"
+    grep -E ": FAIL" "$log" | head -20 | sed 's/^/    /' | tee -a "$SUMMARY"
+    rm -f "$log"
+done
+
+# ---- compute-sanitizer ----
+if [ "${TQ_SANITIZE:-0}" = 1 ]; then
+    say ""
+    CS=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+    if [ -z "$CS" ]; then
+        say "compute-sanitizer: not found"
+    else
+        : > "$OUT/sanitize.log"
+        for op in $TQ_OPS; do
+            stamp "memcheck $op"
+            "$CS" --tool memcheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
+            say "  memcheck $op (llama-tq cases): rc $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize.log" | tail -1)"
+        done
+        # the encoders share memory within a warp (trellis Viterbi): racecheck the ops that run them
+        for op in SET_ROWS CPY; do
+            case " $TQ_OPS " in *" $op "*) ;; *) continue ;; esac
+            stamp "racecheck $op"
+            "$CS" --tool racecheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
+            say "  racecheck $op (llama-tq cases): rc $? $(grep -E 'RACECHECK SUMMARY' "$OUT/sanitize.log" | tail -1)"
+        done
+    fi
+fi
+
+# ---- llama-bench on random-weight llamas ----
+if [ "${TQ_BENCH:-0}" = 1 ]; then
+    say ""
+    M=$TQ_BUILD/models
+    mkdir -p "$M"
+    for shape in ${TQ_BENCH_SHAPES:-hd64}; do
+        case $shape in
+            hd64)  dims=(--heads 32 --kv-heads 8 --head-dim 64) ;;
+            hd128) dims=(--heads 16 --kv-heads 8 --head-dim 128) ;;
+            *) say "unknown shape $shape"; continue ;;
+        esac
+        if [ ! -f "$M/rand-$shape-q4_k_m.gguf" ]; then
+            stamp "generate random llama $shape"
+            PYTHONPATH=$SRC/gguf-py python3 "$ROOT/benchmarks/rand_llama.py" --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" \
+                --out "$M/rand-$shape-f16.gguf" --layers 16 --embd 2048 "${dims[@]}" --ff 5632 >> "$OUT/quantize.log" 2>&1 \
+                || { tail -5 "$OUT/quantize.log"; say "model generation failed"; exit 1; }
+            "$BLD/bin/llama-quantize" "$M/rand-$shape-f16.gguf" "$M/rand-$shape-q4_k_m.gguf" Q4_K_M >> "$OUT/quantize.log" 2>&1 \
+                || { tail -5 "$OUT/quantize.log"; say "quantize failed"; exit 1; }
+            rm -f "$M/rand-$shape-f16.gguf"
+        fi
+        stamp "bench $shape"
+        python3 "$ROOT/benchmarks/kv_speed.py" --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" \
+            --label "$shape" --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" \
+            --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed" > "$OUT/bench.log" 2>&1
+        say "llama-bench $shape rc $?"
+    done
+    tail -40 "$OUT/bench.log" | grep -E "^\|" | tee -a "$SUMMARY"
+fi
+
+# ---- KLD vs f16 KV on CUDA (same settings as benchmarks/kv_quality.py) ----
+if [ "${TQ_QUALITY:-0}" = 1 ]; then
+    say ""
+    Q=$TQ_BUILD/quality
+    mkdir -p "$Q/logs"
+    TQ_MODEL=${TQ_MODEL:-$Q/smol.q4_1.gguf}
+    [ -f "$TQ_MODEL" ] || cat "$ROOT"/.carry/smol.part-* > "$TQ_MODEL" 2>/dev/null
+    [ -f "$Q/smol.f16.gguf" ] || "$BLD/bin/llama-quantize" --allow-requantize "$TQ_MODEL" "$Q/smol.f16.gguf" F16 > "$Q/quantize.log" 2>&1 \
+        || { tail -5 "$Q/quantize.log"; say "quality: no model (quantize failed)"; exit 1; }
+    PPL=("$BLD/bin/llama-perplexity" -m "$Q/smol.f16.gguf" -f "$ROOT/.carry/eval.txt" -c 512 -b 512 -ub 512 --chunks 20
+         -fa on -ngl 99)
+    stamp "quality base"
+    "${PPL[@]}" -ctk f16 -ctv f16 --kl-divergence-base "$Q/base.kld" > "$Q/logs/base-f16.log" 2>&1 || say "base failed"
+    QP=${TQ_QUALITY_PAIRS:-$(python3 -c "import ast,sys; t=open('$ROOT/benchmarks/kv_quality.py').read(); \
+print(' '.join(ast.literal_eval(t.split('UPSTREAM_PAIRS = ')[1].split(chr(10))[0]) + [p for l in t.split('OUR_PAIRS = [')[1].split(']')[0].splitlines() for p in ast.literal_eval('[' + l.split('#')[0] + ']')]))")}
+    for pair in $QP; do
+        ctk=${pair%/*}; ctv=${pair#*/}
+        "${PPL[@]}" -ctk "$ctk" -ctv "$ctv" --kl-divergence-base "$Q/base.kld" --kl-divergence > "$Q/logs/$ctk-$ctv.log" 2>&1
+        say "$(printf '  %-14s rc %d %s' "$pair" $? "$(grep -E 'Mean +KLD' "$Q/logs/$ctk-$ctv.log" | tail -1)")"
+    done
+    tar czf "$OUT/quality.tar.gz" -C "$Q" logs
+fi
+
+# ---- llama-finetune on CUDA ----
+if [ "${TQ_FINETUNE:-0}" = 1 ]; then
+    say ""
+    F=$TQ_BUILD/finetune
+    mkdir -p "$F"
+    TQ_MODEL=${TQ_MODEL:-$TQ_BUILD/quality/smol.q4_1.gguf}
+    [ -f "$F/smol.f32.gguf" ] || "$BLD/bin/llama-quantize" --allow-requantize "$TQ_MODEL" "$F/smol.f32.gguf" F32 > "$F/quantize.log" 2>&1 \
+        || { tail -5 "$F/quantize.log"; say "finetune: quantize failed"; exit 1; }
+    head -c 300000 "$ROOT/.carry/train.txt" > "$F/train.txt"
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 200 > "$F/vram.log" &
+    smi=$!
+    stamp "finetune"
+    tf=$(date +%s)
+    "$BLD/bin/llama-finetune" -m "$F/smol.f32.gguf" -f "$F/train.txt" -o "$F/tuned.gguf" -c 512 -b 512 -ub 512 \
+        -ngl 99 --epochs 1 -lr 1e-5 --train-skip-regex 'token_embd|output' > "$OUT/finetune.log" 2>&1
+    rc=$?
+    kill $smi
+    say "finetune rc $rc, $(( $(date +%s) - tf )) s, peak VRAM $(sort -n "$F/vram.log" | tail -1) MiB"
+    grep -E "train-skip-regex|trainable|tokens|t/s|loss" "$OUT/finetune.log" | tail -8 | tee -a "$SUMMARY"
+fi
+
+stamp "done"
+echo
+cat "$SUMMARY"
