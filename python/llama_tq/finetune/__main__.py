@@ -1,0 +1,5 @@
+"""`python -m llama_tq.finetune` is `tq-finetune`."""
+
+from .cli import main
+
+main()
