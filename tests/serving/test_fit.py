@@ -1,0 +1,163 @@
+"""tq-fit: its byte counts must equal what llama.cpp allocates."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from llama_tq import bundled, fit
+from llama_tq.gguf_shape import read_shape
+
+CPU = fit.CacheConfig(backend="cpu")
+CPU_SWA_FULL = fit.CacheConfig(backend="cpu", swa_full=True)  # the llama.h default, which _core uses
+
+SMOL_PAIRS = [("f16", "f16"), ("q8_0", "q4_0"), ("ktq2", "vtq2"), ("ktq4", "vtq3_3"), ("ktq3", "vtq4_1"),
+              ("q4_1", "iq4_nl"), ("bf16", "vtq2_3"), ("q5_0", "q5_1")]
+
+
+def test_type_table_equals_ggml(core):
+    names = set(core.cache_types())
+    assert names == set(fit.TYPE_TRAITS), "tq-fit's type table and the build's cache types differ"
+    for name in [*names, *fit.ALIASES]:
+        info = core.type_info(name)
+        assert fit.TYPE_TRAITS[fit.canonical_type(name)] == (info["block_size"], info["type_size"]), name
+        assert fit.bits_per_element(name) == pytest.approx(info["bits_per_element"])
+
+
+@pytest.mark.parametrize("n_ctx", [512, 1000, 4096, 8192])
+def test_smollm2_equals_llama_cpp(core, model_path, n_ctx):
+    shape = read_shape(model_path)
+    assert (shape.arch, shape.n_layer, len(shape.attn_layers), shape.n_ctx_train) == ("llama", 30, 30, 8192)
+    assert {(la.n_head_kv, la.head_k, la.head_v) for la in shape.attn_layers} == {(3, 64, 64)}
+    model = core.Model(model_path)
+    for type_k, type_v in SMOL_PAIRS:
+        ctx = core.Context(model, n_ctx=n_ctx, n_batch=min(n_ctx, 512), type_k=type_k, type_v=type_v,
+                           flash_attn=True, n_threads=1)
+        est = fit.estimate(shape, n_ctx, type_k, type_v, CPU_SWA_FULL)
+        assert est.n_ctx == ctx.n_ctx
+        assert est.total == ctx.memory_bytes(), (type_k, type_v, n_ctx)
+        del ctx
+
+
+def test_smollm2_weights_and_bits(model_path):
+    shape = read_shape(model_path)
+    assert shape.weight_bytes == 96_576_768  # sum of the GGUF's tensor data
+    assert shape.n_params > 134_000_000
+    est = fit.estimate(shape, 8192, "f16", "f16", CPU)
+    assert est.kv_bytes == 30 * 2 * 192 * 8192 * 2  # layers x (K, V) x n_embd_gqa x cells x 2 bytes
+    assert fit.estimate(shape, 8192, "ktq2", "vtq2", CPU).kv_bytes * 16 == est.kv_bytes * 2.25
+
+
+@pytest.mark.parametrize("name", ["llama_gqa128", "gemma2_swa", "lfm2_hybrid", "lfm2_hybrid_swa"])
+def test_other_shapes_equal_core(core, synth_models, name):
+    """Head dim 128 + GQA, SWA (with llama.h's default full-size SWA cache), hybrid conv/attention."""
+    path = str(synth_models[name])
+    shape = read_shape(path)
+    model = core.Model(path)
+    for n_ctx in (300, 2048):
+        for type_k, type_v in (("f16", "f16"), ("ktq2", "vtq2"), ("q8_0", "vtq3_3")):
+            ctx = core.Context(model, n_ctx=n_ctx, n_batch=256, type_k=type_k, type_v=type_v, flash_attn=True,
+                               n_threads=1)
+            est = fit.estimate(shape, n_ctx, type_k, type_v, CPU_SWA_FULL)
+            assert est.total == ctx.memory_bytes(), (name, n_ctx, type_k, type_v)
+
+
+def test_shapes_read_from_metadata(synth_models):
+    s = read_shape(synth_models["llama_gqa128"])
+    assert [(la.n_head_kv, la.head_k) for la in s.attn_layers] == [(2, 128)] * 3
+    s = read_shape(synth_models["gemma2_swa"])
+    assert [la.swa for la in s.attn_layers] == [True, False, True, False] and s.n_swa == 256
+    s = read_shape(synth_models["lfm2_hybrid"])
+    assert [la.il for la in s.attn_layers] == [1, 4] and s.recr_layers == [0, 2, 3, 5]
+    assert s.n_embd_r == 256 * 2  # n_embd * (l_cache - 1)
+
+
+KV_LINE = re.compile(r"llama_kv_cache: size = +[0-9.]+ MiB \( *(\d+) cells, +(\d+) layers, +(\d+)/(\d+) seqs\)")
+BUF_LINE = re.compile(r"(?:llama_kv_cache|llama_memory_recurrent): +CPU (KV|RS) buffer size = +([0-9.]+) MiB")
+
+
+def llama_log(model: Path | str, args: list[str]) -> tuple[list[tuple[int, int, int]], list[tuple[str, str]]]:
+    """Allocate a context with llama-completion (the tools' defaults: swa_full off) and read its cache log."""
+    out = bundled.run_tool("completion", ["-m", str(model), "-n", "1", "-p", "a", "-no-cnv", "--no-warmup", "-t", "1",
+                                          "-fa", "on", "-lv", "4", *args],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-3000:]
+    caches = [(int(c), int(n), int(s)) for c, n, s, _ in KV_LINE.findall(out.stdout)]
+    return caches, BUF_LINE.findall(out.stdout)
+
+
+def mib(n: int) -> str:
+    return f"{n / 1024 / 1024:.2f}"
+
+
+@pytest.mark.parametrize("name,args,cfg", [
+    ("gemma2_swa", ["-c", "4000", "-ctk", "q8_0", "-ctv", "q4_0"], fit.CacheConfig(backend="cpu")),
+    ("gemma2_swa", ["-c", "8192", "-ctk", "ktq2", "-ctv", "vtq2", "-ub", "256"],
+     fit.CacheConfig(backend="cpu", n_ubatch=256)),
+    ("lfm2_hybrid_swa", ["-c", "3000"], fit.CacheConfig(backend="cpu")),
+    ("lfm2_hybrid", ["-c", "1000", "-np", "3", "-ctk", "ktq4", "-ctv", "vtq4"],
+     fit.CacheConfig(backend="cpu", n_seq=3)),
+    ("llama_gqa128", ["-c", "1000", "-np", "3"], fit.CacheConfig(backend="cpu", n_seq=3)),
+])
+def test_swa_window_and_streams_match_llama_log(synth_models, name, args, cfg):
+    """SWA caches hold only their window (+ a ubatch), hybrid layers only attention, -np splits streams."""
+    ctx = int(args[args.index("-c") + 1])
+    tk = args[args.index("-ctk") + 1] if "-ctk" in args else "f16"
+    tv = args[args.index("-ctv") + 1] if "-ctv" in args else "f16"
+    est = fit.estimate(read_shape(synth_models[name]), ctx, tk, tv, cfg)
+    caches, buffers = llama_log(synth_models[name], args)
+    attn_parts = [p for p in est.parts if p.kind != "recurrent"]
+    # iswa logs an empty non-SWA cache for lfm2 (0 layers): compare the non-empty ones
+    assert [c for c in caches if c[1]] == [(p.cells, p.n_layers, est.n_stream) for p in attn_parts]
+    assert buffers == [("KV" if p.kind != "recurrent" else "RS", mib(p.bytes)) for p in est.parts]
+
+
+def test_max_context_is_the_largest_that_fits(model_path):
+    shape = read_shape(model_path)
+    budget, over = fit.parse_size("2GiB"), fit.parse_size("512MiB")
+    for pair in (("f16", "f16"), ("ktq2", "vtq2")):
+        n = fit.max_context(shape, *pair, budget, over, CPU)
+        assert n % 256 == 0 and n > 0
+
+        def total(c: int, pair: tuple[str, str] = pair) -> int:
+            e = fit.estimate(shape, c, *pair, CPU)
+            return shape.weight_bytes + e.total + fit.compute_overhead(shape, e, over, CPU)
+
+        assert total(n) <= budget < total(n + 256)
+    assert fit.max_context(shape, "f16", "f16", shape.weight_bytes, 0, CPU) == 0
+
+
+def test_cli_table_plot_and_errors(model_path, tmp_path, capsys):
+    png = tmp_path / "fit.png"
+    assert fit.main([model_path, "-c", "128k", "--vram", "24GiB", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "ktq2    vtq2" in out and "405.0 MiB" in out and "max context" in out
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\xff" * 64)
+    truncated = tmp_path / "truncated.gguf"
+    with open(model_path, "rb") as f:
+        truncated.write_bytes(f.read(5_000_000))
+    for argv, msg in (
+        ([str(bad)], "not a readable GGUF"),
+        ([str(truncated)], "not a readable GGUF"),
+        ([str(tmp_path / "missing.gguf")], "no such file"),
+        ([model_path, "--pairs", "f16/q3_k"], "valid types: f32, f16"),
+        ([model_path, "--pairs", "vtq2/vtq2"], "V-cache type"),
+        ([model_path, "--vram", "lots"], "cannot read the size"),
+    ):
+        assert fit.main(argv) == 2
+        err = capsys.readouterr().err
+        assert msg in err and "Traceback" not in err
+
+
+def test_pair_refused_for_unsupported_head_size():
+    from llama_tq.gguf_shape import AttnLayer, ModelShape
+
+    shape = ModelShape("x", "phi2", "x", 2, 2048, [AttnLayer(0, 80, 80, 32, False), AttnLayer(1, 80, 80, 32, False)])
+    assert "multiple of 64" in (fit.check_pair(shape, "ktq2", "vtq2") or "")
+    assert fit.check_pair(shape, "q8_0", "q8_0") is None
