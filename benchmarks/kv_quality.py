@@ -159,6 +159,8 @@ def main() -> int:
     p.add_argument("--ubatch", type=int, default=512)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "kv_quality")
+    p.add_argument("--reuse-base", action="store_true",
+                   help="reuse the f16 logits of an earlier run in --out (same model, text and --chunks)")
     p.add_argument("--backend", default="CPU", help="label for the title (e.g. 'CUDA H100')")
     p.add_argument("--from-logs", type=Path, metavar="DIR",
                    help="no runs: build the table from llama-perplexity logs K-V.log saved in DIR (e.g. by "
@@ -175,8 +177,9 @@ def main() -> int:
         pairs.insert(0, "f16/f16")
 
     base_file = args.out / "base-f16.kld"
-    base_log, base_s = perplexity(model, text, "f16", "f16", args, ["--kl-divergence-base", str(base_file)])
-    (args.out / "base-f16.log").write_text(base_log)
+    if not (args.reuse_base and base_file.exists()):
+        base_log, _ = perplexity(model, text, "f16", "f16", args, ["--kl-divergence-base", str(base_file)])
+        (args.out / "base-f16.log").write_text(base_log)
 
     rows: list[Row] = []
     from tqdm import tqdm
