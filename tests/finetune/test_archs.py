@@ -5,7 +5,7 @@ For each architecture (upstream's test-llama-archs fixtures): a few epochs with 
 weight llama-finetune trains) must come back bit-identical; trained weights must change - including the routed
 experts and the router of the MoE models (MUL_MAT_ID and batched GET_ROWS backward passes).
 
-Ops that still have no backward pass (SSM_CONV, SSM_SCAN, GATED_DELTA_NET) are stopped with
+Ops that still have no backward pass (SSM_SCAN, GATED_DELTA_NET) are stopped with
 --stop-unsupported-grads, and every stop is logged; SIGMOID, MUL_MAT_ID, GET_ROWS and DIV never are.
 """
 
@@ -22,7 +22,7 @@ from .util import arch_of, run_cli, state, step_log, tensors
 
 ARCHS = ["granitehybrid", "jamba", "qwen35moe", "qwen3next", "mamba2"]
 FROZEN = r"^blk\.0\."  # block 0: its backward subgraph is pruned
-HAVE_BACKWARD = ("SIGMOID", "MUL_MAT_ID", "GET_ROWS", "DIV", "SOFTPLUS", "SILU")
+HAVE_BACKWARD = ("SIGMOID", "MUL_MAT_ID", "GET_ROWS", "DIV", "SOFTPLUS", "SILU", "SSM_CONV", "CONCAT")
 
 
 def models_for(arch_models, arch):
