@@ -425,6 +425,16 @@ def _add_training_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fit_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by from-samples and from-model: what to fit and what to write."""
+    p.add_argument("--bits", type=_int_in(2, 4, "--bits"), nargs="+", metavar="B", help="2..4 (default 2 3 4)")
+    p.add_argument("--per-layer", action="store_true", help="also write NAME@layer=N entries")
+    p.add_argument("--symmetric", action="store_true", help="enforce symmetric levels (fit |x|)")
+    p.add_argument("--trellis", action="store_true", help="also train trellis tables on the V samples")
+    p.add_argument("--trellis-iterations", type=_int_in(0, 1000, "--trellis-iterations"), default=8)
+    p.add_argument("--plot", metavar="PNG", help="histograms with the fitted levels")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -503,12 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("samples", metavar="FILE.npz")
     p.add_argument("-o", "--output", metavar="FILE.tqcb", required=True)
-    p.add_argument("--bits", type=_int_in(2, 4, "--bits"), nargs="+", metavar="B", help="2..4 (default 2 3 4)")
-    p.add_argument("--per-layer", action="store_true", help="also write NAME@layer=N entries")
-    p.add_argument("--symmetric", action="store_true", help="enforce symmetric levels (fit |x|)")
-    p.add_argument("--trellis", action="store_true", help="also train trellis tables on the V samples")
-    p.add_argument("--trellis-iterations", type=_int_in(0, 1000, "--trellis-iterations"), default=8)
-    p.add_argument("--plot", metavar="PNG", help="histograms with the fitted levels")
+    _add_fit_options(p)
     p.set_defaults(func=_cmd_from_samples)
 
     p = sub.add_parser(
@@ -525,12 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--ctx-size", type=_int_in(64, 1 << 20, "--ctx-size"), default=512)
     p.add_argument("--chunks", type=_int_in(1, 1 << 20, "--chunks"), default=4, help="windows of --ctx-size tokens")
     p.add_argument("-t", "--threads", type=_int_in(0, 1024, "--threads"), default=0)
-    p.add_argument("--bits", type=_int_in(2, 4, "--bits"), nargs="+", metavar="B", help="2..4 (default 2 3 4)")
-    p.add_argument("--per-layer", action="store_true", help="also write NAME@layer=N entries")
-    p.add_argument("--symmetric", action="store_true", help="enforce symmetric levels (fit |x|)")
-    p.add_argument("--trellis", action="store_true", help="also train trellis tables on the V samples")
-    p.add_argument("--trellis-iterations", type=_int_in(0, 1000, "--trellis-iterations"), default=8)
-    p.add_argument("--plot", metavar="PNG", help="histograms with the fitted levels")
+    _add_fit_options(p)
     p.set_defaults(func=_cmd_from_model)
 
     p = sub.add_parser(
