@@ -59,58 +59,53 @@ def _common(n_embd: int, n_layer: int, n_ctx: int = 4096) -> dict[str, Any]:
     }
 
 
-def llama_gqa128(path: Path) -> Path:
-    """llama, head dim 128 (not n_embd / n_head), 4 query / 2 KV heads, 3 layers."""
-    n_embd, n_head, n_head_kv, hd, n_ff, n_layer = 256, 4, 2, 128, 512, 3
-    kv = _common(n_embd, n_layer) | {
+def _attention_kv(n_ff: int, n_head: int, n_head_kv: int, hd: int) -> dict[str, int]:
+    return {
         "{arch}.feed_forward_length": n_ff,
         "{arch}.attention.head_count": n_head,
         "{arch}.attention.head_count_kv": n_head_kv,
         "{arch}.attention.key_length": hd,
         "{arch}.attention.value_length": hd,
-        "{arch}.rope.dimension_count": hd,
     }
+
+
+def _attention_ffn_block(i: int, n_embd: int, n_head: int, n_head_kv: int, hd: int,
+                         n_ff: int) -> dict[str, tuple[int, ...]]:
+    """Shapes of one transformer block: attention (GQA, head dim hd) and a gated FFN."""
+    return {
+        f"blk.{i}.attn_norm.weight": (n_embd,),
+        f"blk.{i}.attn_q.weight": (n_embd, hd * n_head),
+        f"blk.{i}.attn_k.weight": (n_embd, hd * n_head_kv),
+        f"blk.{i}.attn_v.weight": (n_embd, hd * n_head_kv),
+        f"blk.{i}.attn_output.weight": (hd * n_head, n_embd),
+        f"blk.{i}.ffn_norm.weight": (n_embd,),
+        f"blk.{i}.ffn_gate.weight": (n_embd, n_ff),
+        f"blk.{i}.ffn_up.weight": (n_embd, n_ff),
+        f"blk.{i}.ffn_down.weight": (n_ff, n_embd),
+    }
+
+
+def llama_gqa128(path: Path) -> Path:
+    """llama, head dim 128 (not n_embd / n_head), 4 query / 2 KV heads, 3 layers."""
+    n_embd, n_head, n_head_kv, hd, n_ff, n_layer = 256, 4, 2, 128, 512, 3
+    kv = _common(n_embd, n_layer) | _attention_kv(n_ff, n_head, n_head_kv, hd) | {"{arch}.rope.dimension_count": hd}
     t: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_embd, N_VOCAB), "output_norm.weight": (n_embd,),
                                      "output.weight": (n_embd, N_VOCAB)}
     for i in range(n_layer):
-        t |= {
-            f"blk.{i}.attn_norm.weight": (n_embd,),
-            f"blk.{i}.attn_q.weight": (n_embd, hd * n_head),
-            f"blk.{i}.attn_k.weight": (n_embd, hd * n_head_kv),
-            f"blk.{i}.attn_v.weight": (n_embd, hd * n_head_kv),
-            f"blk.{i}.attn_output.weight": (hd * n_head, n_embd),
-            f"blk.{i}.ffn_norm.weight": (n_embd,),
-            f"blk.{i}.ffn_gate.weight": (n_embd, n_ff),
-            f"blk.{i}.ffn_up.weight": (n_embd, n_ff),
-            f"blk.{i}.ffn_down.weight": (n_ff, n_embd),
-        }
+        t |= _attention_ffn_block(i, n_embd, n_head, n_head_kv, hd, n_ff)
     return write_gguf(path, "llama", kv, t)
 
 
 def gemma2_swa(path: Path, n_swa: int = 256) -> Path:
     """gemma2: interleaved sliding-window attention (pattern 2: even layers SWA), head dim 128, GQA 4/2."""
     n_embd, n_head, n_head_kv, hd, n_ff, n_layer = 256, 4, 2, 128, 512, 4
-    kv = _common(n_embd, n_layer, 8192) | {
-        "{arch}.feed_forward_length": n_ff,
-        "{arch}.attention.head_count": n_head,
-        "{arch}.attention.head_count_kv": n_head_kv,
-        "{arch}.attention.key_length": hd,
-        "{arch}.attention.value_length": hd,
+    kv = _common(n_embd, n_layer, 8192) | _attention_kv(n_ff, n_head, n_head_kv, hd) | {
         "{arch}.attention.sliding_window": n_swa,
     }
     t: dict[str, tuple[int, ...]] = {"token_embd.weight": (n_embd, N_VOCAB), "output_norm.weight": (n_embd,)}
     for i in range(n_layer):
-        t |= {
-            f"blk.{i}.attn_norm.weight": (n_embd,),
-            f"blk.{i}.attn_q.weight": (n_embd, hd * n_head),
-            f"blk.{i}.attn_k.weight": (n_embd, hd * n_head_kv),
-            f"blk.{i}.attn_v.weight": (n_embd, hd * n_head_kv),
-            f"blk.{i}.attn_output.weight": (hd * n_head, n_embd),
+        t |= _attention_ffn_block(i, n_embd, n_head, n_head_kv, hd, n_ff) | {
             f"blk.{i}.post_attention_norm.weight": (n_embd,),
-            f"blk.{i}.ffn_norm.weight": (n_embd,),
-            f"blk.{i}.ffn_gate.weight": (n_embd, n_ff),
-            f"blk.{i}.ffn_up.weight": (n_embd, n_ff),
-            f"blk.{i}.ffn_down.weight": (n_ff, n_embd),
             f"blk.{i}.post_ffw_norm.weight": (n_embd,),
         }
     return write_gguf(path, "gemma2", kv, t)
