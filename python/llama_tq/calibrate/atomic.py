@@ -1,24 +1,13 @@
-"""Atomic file output: a file is either written completely or not at all.
-
-Data goes to a temporary file in the destination directory (same filesystem), is flushed and fsynced,
-then renamed over the destination with ``os.replace``. On any error the temporary file is removed and
-the destination is left as it was.
-"""
+"""Atomic codebook output (llama_tq.atomic), with tq-calibrate's errors for a missing directory or a directory
+given as the output path."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from pathlib import Path
 
+from .. import atomic as _atomic
 from .errors import CalibrationError
-
-
-def _current_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -29,18 +18,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise CalibrationError(f"cannot write {dest}: directory {directory} does not exist")
     if dest.is_dir():
         raise CalibrationError(f"cannot write {dest}: it is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    _atomic.atomic_write_bytes(dest, data)
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:

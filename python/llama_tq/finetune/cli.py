@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from .checkpoint import CheckpointDir, RunState, atomic_copy, file_sha256
+from ..atomic import atomic_copy, atomic_write_text
+from .checkpoint import CheckpointDir, RunState, file_sha256
 from .errors import FinetuneError
 from .model_info import SAVER_UNVALIDATED_ARCHS, TrainPlan, compile_skip_regex, plan_training, read_model_info
 from .progress import StepLosses, format_duration, is_error, is_important, parse_progress, split_stream
@@ -433,8 +434,6 @@ def _run(args: argparse.Namespace, extra: list[str], out: TextIO) -> int:
         for i, c in enumerate(chunks):
             cp = ckpt.path / "data" / f"chunk-{i:03d}.txt"
             if not cp.is_file() or cp.read_text(encoding="utf-8") != c:
-                from .checkpoint import atomic_write_text
-
                 atomic_write_text(cp, c)
             chunk_paths.append(cp)
 
