@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -83,10 +82,12 @@ def llama_log(model: Path | str, args: list[str]) -> tuple[list[tuple[int, int, 
     """Allocate a context with llama-completion (the tools' defaults: swa_full off) and read its cache log."""
     out = bundled.run_tool("completion", ["-m", str(model), "-n", "1", "-p", "a", "-no-cnv", "--no-warmup", "-t", "1",
                                           "-fa", "on", "-lv", "4", *args],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout[-3000:]
-    caches = [(int(c), int(n), int(s)) for c, n, s, _ in KV_LINE.findall(out.stdout)]
-    return caches, BUF_LINE.findall(out.stdout)
+                           capture_output=True, text=True, timeout=120)
+    # the log is on stderr: kept apart from the generated text on stdout, so no line of it can be interleaved
+    assert out.returncode == 0, out.stderr[-3000:]
+    caches = [(int(c), int(n), int(s)) for c, n, s, _ in KV_LINE.findall(out.stderr)]
+    assert caches, "no llama_kv_cache line in the log:\n" + out.stderr[-3000:]
+    return caches, BUF_LINE.findall(out.stderr)
 
 
 def mib(n: int) -> str:
