@@ -67,16 +67,7 @@ static TQ_THREAD_LOCAL float tq_viterbi_buf[QK_TQ * TQ_MAX_STATES];
 #if defined(TQ_NO_SIMD)
 // plain C only (portability check; see the #else branch)
 #elif defined(__AVX2__)
-#define TQ_VL 8
-#define TQ_FV __m256
-#define TQ_LD(p)     _mm256_loadu_ps(p)
-#define TQ_ST(p, v)  _mm256_storeu_ps(p, v)
-#define TQ_SET1(x)   _mm256_set1_ps(x)
-#define TQ_ADD(a, b) _mm256_add_ps(a, b)
-#define TQ_SUB(a, b) _mm256_sub_ps(a, b)
-#define TQ_MUL(a, b) _mm256_mul_ps(a, b)
-#define TQ_MIN(a, b) _mm256_min_ps(a, b)
-#define TQ_SET_HALVES(lo, hi) _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(lo)), _mm_set1_ps(hi), 1)
+#include "tq-simd-avx2.inc"
 #define TQ_VIT_BASELINE "avx2"
 #elif defined(__SSE2__) || defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2)
 #define TQ_VL 4
@@ -154,16 +145,7 @@ TQ_F4_OP(tq_f4_min, a.v[l] < b.v[l] ? a.v[l] : b.v[l])
 #pragma GCC push_options
 #pragma GCC target("avx2")
 #endif
-#define TQ_VL 8
-#define TQ_FV __m256
-#define TQ_LD(p)     _mm256_loadu_ps(p)
-#define TQ_ST(p, v)  _mm256_storeu_ps(p, v)
-#define TQ_SET1(x)   _mm256_set1_ps(x)
-#define TQ_ADD(a, b) _mm256_add_ps(a, b)
-#define TQ_SUB(a, b) _mm256_sub_ps(a, b)
-#define TQ_MUL(a, b) _mm256_mul_ps(a, b)
-#define TQ_MIN(a, b) _mm256_min_ps(a, b)
-#define TQ_SET_HALVES(lo, hi) _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_set1_ps(lo)), _mm_set1_ps(hi), 1)
+#include "tq-simd-avx2.inc"
 #define TQ_VIT(name) name##_avx2
 #include "tq-viterbi.inc"
 #if defined(__clang__)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write_bytes, atomic_write_text, check_writable
 from .codebook_file import (
     FILE_SUFFIX,
     Codebook,
@@ -86,12 +87,7 @@ def _check_output(path: str | None, suffix: str | None = None) -> None:
     """Fail before any long computation if an output could not be written."""
     if path is None:
         return
-    p = Path(path)
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise CalibrationError(f"cannot write {p}: directory {parent} does not exist")
-    if p.is_dir():
-        raise CalibrationError(f"cannot write {p}: it is a directory")
+    p = check_writable(path)
     if suffix is not None and p.suffix != suffix:
         raise CalibrationError(f"output {p} should end in {suffix}")
 
@@ -348,16 +344,12 @@ def _cmd_header(args: argparse.Namespace) -> int:
         os.path.basename(args.file),
         regenerate_hint=f"tq-calibrate header {os.path.basename(args.file)} -o {Path(args.output).name}",
     )
-    from .atomic import atomic_write_text
-
     atomic_write_text(args.output, text)
     print(f"wrote {args.output} (from {args.file}, fnv1a64 {cb.hash})")
     return 0
 
 
 def _cmd_default(args: argparse.Namespace) -> int:
-    from .atomic import atomic_write_bytes, atomic_write_text
-
     out_dir = Path(args.output_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise CalibrationError(f"{out_dir} exists and is not a directory")
