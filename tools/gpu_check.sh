@@ -19,7 +19,9 @@
 #   TQ_BUILD       build root, reused between runs (default /tmp/build)
 #   TQ_ARCHS       CMAKE_CUDA_ARCHITECTURES (default 90)
 #   TQ_FA_QUANTS   GGML_CUDA_FA_QUANTS (default: upstream's default set)
+#   TQ_FA_PAIRS    LLAMA_TQ_CUDA_FA_PAIRS: K/V pairs with our decode kernel (default: its default set)
 #   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT")
+#   TQ_TEST_FILTER test-backend-ops -p pattern (e.g. "ktq|vtq": only the llama-tq cases; default: all cases)
 #   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY) on the llama-tq cases of TQ_OPS
 #   TQ_BENCH=1     llama-bench -fa 1 -p 512 -n 64 over TQ_BENCH_DEPTHS for TQ_BENCH_PAIRS
 #   TQ_BENCH_DEPTHS (default 0,8192)   TQ_BENCH_PAIRS (default "f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3")
@@ -91,6 +93,7 @@ BLD=$TQ_BUILD/build
 stamp "configure"
 FA_ARG=()
 [ -n "${TQ_FA_QUANTS:-}" ] && FA_ARG=(-DGGML_CUDA_FA_QUANTS="$TQ_FA_QUANTS")
+[ -n "${TQ_FA_PAIRS:-}" ] && FA_ARG+=(-DLLAMA_TQ_CUDA_FA_PAIRS="$TQ_FA_PAIRS")
 cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$TQ_ARCHS" \
     -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_NUMBER=11312 -DLLAMA_BUILD_COMMIT=0c1e570 \
@@ -118,7 +121,7 @@ say ""
 for op in $TQ_OPS; do
     stamp "test $op"
     log=$OUT/test-$op.tmp
-    "$TBO" test -b CUDA0 -o "$op" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' > "$log"
+    "$TBO" test -b CUDA0 -o "$op" ${TQ_TEST_FILTER:+-p "$TQ_TEST_FILTER"} 2>&1 | sed 's/\x1b\[[0-9;]*m//g' > "$log"
     rc=$?
     cat "$log" >> "$OUT/tests.log"
     # case lines: "  OP(params): OK" / ": FAIL" / ": not supported [CUDA0]"

@@ -14,6 +14,7 @@
 #include "tq-ggml.h"
 
 #include <cstdint>
+#include <cstring>
 
 #define TQ_CUDA_TYPE_TRAITS(T, t)                                   \
     template <> struct ggml_cuda_type_traits<GGML_TYPE_##T> {       \
@@ -43,6 +44,14 @@ template <ggml_type type>
 struct tq_cuda_tab {
     float v[tq_cuda_fmt<type>::ntab];
 };
+
+// the decode table of a type from the host's active codebook (tq_levels: built-in or LLAMA_TQ_CODEBOOK)
+template <ggml_type type>
+static tq_cuda_tab<type> tq_cuda_host_tab() {
+    tq_cuda_tab<type> t;
+    memcpy(t.v, tq_levels(TQ_GGML_TO_TQ(type)), sizeof(t.v));
+    return t;
+}
 
 // value j (0..63) of the block at blk; tab = the type's decode table (shared or global memory)
 template <ggml_type type>

@@ -12,14 +12,7 @@
 #define TQ_CUDA_INF        3.0e38f  // TQ_INF of tq-trellis.c
 #define TQ_CUDA_FP16_MAX   65504.0
 
-// ---- tables from the host's active codebook (tq_levels: built-in or LLAMA_TQ_CODEBOOK) -------------
-
-template <ggml_type type>
-static tq_cuda_tab<type> tq_cuda_host_tab() {
-    tq_cuda_tab<type> t;
-    memcpy(t.v, tq_levels(TQ_GGML_TO_TQ(type)), sizeof(t.v));
-    return t;
-}
+// ---- tables -------------------------------------------------------------------------------------------
 
 // copy the by-value table of a kernel argument into shared memory (call from all threads, then sync)
 template <ggml_type type>
@@ -241,25 +234,6 @@ static __device__ __forceinline__ float tq_cuda_fp16_val(const uint16_t h) {
     return __half2float(__ushort_as_half(h));
 }
 
-// appends b-bit codes to a little-endian bit stream written byte by byte
-struct tq_cuda_bitwriter {
-    uint8_t * p;
-    uint32_t  acc  = 0;
-    int       nacc = 0;
-
-    __device__ explicit tq_cuda_bitwriter(uint8_t * p) : p(p) {}
-
-    __device__ void put(const unsigned c, const int b) {
-        acc |= c << nacc;
-        nacc += b;
-        while (nacc >= 8) {
-            *p++ = (uint8_t) acc;
-            acc >>= 8;
-            nacc -= 8;
-        }
-    }
-};
-
 // Where the blocks of a SET_ROWS / CPY come from and go to: value j of block ib is the float at
 // src_row(ib) + j * nb00, dst_blk(ib) is the destination block.
 struct tq_cuda_loc_set_rows {
@@ -367,14 +341,54 @@ static __device__ __forceinline__ int tq_cuda_nearest(const double * thr, const 
     return c;
 }
 
+// warp-wide sum / max of a double: every lane ends with the same value (xor butterfly: each pairwise sum
+// sees its two operands in the same order on both lanes)
+static __device__ __forceinline__ double tq_cuda_warp_sum(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v += __shfl_xor_sync(0xFFFFFFFF, v, off);
+    }
+    return v;
+}
+
+static __device__ __forceinline__ double tq_cuda_warp_max(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v = fmax(v, __shfl_xor_sync(0xFFFFFFFF, v, off));
+    }
+    return v;
+}
+
+// the codes of a warp's block (code of sample j = lane j and lane j - 32, in s_codes) as the b-bit stream:
+// lane i < 8 * b writes byte i
+template <int b>
+static __device__ __forceinline__ void tq_cuda_pack_codes(const uint8_t * s_codes, uint8_t * qs, const int lane) {
+    if (lane < QK_TQ * b / 8) {
+        unsigned byte = 0;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+            const int bit = 8 * lane + t;
+            byte |= ((s_codes[bit / b] >> (bit % b)) & 1u) << t;
+        }
+        qs[lane] = (uint8_t) byte;
+    }
+}
+
+#define TQ_CB_WARPS 4
+
+// One warp per block, lane l holds samples l and l + 32: the same iterations as the CPU reference, with
+// the sums over the block taken by warp reductions (so a different summation order: the stored scale can
+// differ from the CPU's in its last bit where two candidates are within rounding of each other).
 template <ggml_type type, class Loc>
-static __global__ void tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_params P) {
+static __global__ void __launch_bounds__(32 * TQ_CB_WARPS)
+tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_params P) {
     using F        = tq_cuda_fmt<type>;
     constexpr int b = F::b;
     constexpr int n = 1 << b;
 
-    __shared__ float  s_lv[16];
-    __shared__ double s_mid[15];
+    __shared__ float   s_lv[16];
+    __shared__ double  s_mid[15];
+    __shared__ uint8_t s_codes[TQ_CB_WARPS][QK_TQ];
     if (threadIdx.x < n) {
         s_lv[threadIdx.x] = P.lv[threadIdx.x];
     }
@@ -383,70 +397,52 @@ static __global__ void tq_k_encode_codebook(const Loc loc, const int64_t nblocks
     }
     __syncthreads();
 
-    const int64_t ib = (int64_t) blockIdx.x * blockDim.x + threadIdx.x;
+    const int     warp = threadIdx.x / 32;
+    const int     lane = threadIdx.x % 32;
+    const int64_t ib   = (int64_t) blockIdx.x * TQ_CB_WARPS + warp;
     if (ib >= nblocks) {
         return;
     }
     const double lmax = P.lmax;
 
     const char * xrow = loc.src_row(ib);
-    float        xv[QK_TQ];
-    double       ss   = 0.0;
-    double       amax = 0.0;
-#pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-        xv[j]          = *(const float *) (xrow + j * loc.nb00);
-        const double x = tq_cuda_sanitize(xv[j]);
-        ss += x * x;
-        amax = fmax(amax, fabs(x));
-    }
+    const double x0   = tq_cuda_sanitize(*(const float *) (xrow + lane * loc.nb00));
+    const double x1   = tq_cuda_sanitize(*(const float *) (xrow + (lane + 32) * loc.nb00));
+    const double ss   = tq_cuda_warp_sum(x0 * x0 + x1 * x1);
+    const double amax = tq_cuda_warp_max(fmax(fabs(x0), fabs(x1)));
 
     uint8_t * blk = loc.dst_blk(ib);
-    uint8_t   codes[QK_TQ];
-    uint8_t   best_codes[QK_TQ];
+    int       c0 = 0, c1 = 0;            // current codes
+    int       b0 = 0, b1 = 0;            // best codes
     uint16_t  best_d16 = 0;
 
     if (ss > 0.0 && lmax > 0.0) {
         const double starts[2] = { sqrt(ss / QK_TQ), amax / lmax };
         double       thr[n - 1];
         double       best_e16 = ss;  // the all-zero block's error
-#pragma unroll 1
-    #pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-            codes[j] = 0;
-        }
         for (int si = 0; si < 2; ++si) {
             double d     = starts[si];
             double d_fit = 0.0;
             double e_fit = ss;
             for (int it = 0; it < TQ_CB_ITERS; ++it) {
-                bool   changed = it == 0;
-                double num     = 0.0;
-                double den     = 0.0;
+#pragma unroll
                 for (int i = 0; i < n - 1; ++i) {
                     thr[i] = s_mid[i] * d;
                 }
-        #pragma unroll 1
-    #pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-                    const double x = tq_cuda_sanitize(xv[j]);
-                    const int    c = tq_cuda_nearest<n>(thr, x);
-                    changed |= c != codes[j];
-                    codes[j] = (uint8_t) c;
-                    num += x * s_lv[c];
-                    den += (double) s_lv[c] * s_lv[c];
-                }
+                const int n0 = tq_cuda_nearest<n>(thr, x0);
+                const int n1 = tq_cuda_nearest<n>(thr, x1);
+                const bool changed = __any_sync(0xFFFFFFFF, it == 0 || n0 != c0 || n1 != c1);
+                c0 = n0;
+                c1 = n1;
+                const double num = tq_cuda_warp_sum(x0 * s_lv[c0] + x1 * s_lv[c1]);
+                const double den = tq_cuda_warp_sum((double) s_lv[c0] * s_lv[c0] + (double) s_lv[c1] * s_lv[c1]);
                 if (!changed || !(num > 0.0) || !(den > 0.0)) {
                     break;
                 }
                 const double dn  = num / den;
-                double       err = 0.0;
-        #pragma unroll 1
-    #pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-                    const double e = tq_cuda_sanitize(xv[j]) - dn * s_lv[codes[j]];
-                    err += e * e;
-                }
+                const double e0  = x0 - dn * s_lv[c0];
+                const double e1  = x1 - dn * s_lv[c1];
+                const double err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
                 if (err < e_fit) {
                     e_fit = err;
                     d_fit = dn;
@@ -461,38 +457,32 @@ static __global__ void tq_k_encode_codebook(const Loc loc, const int64_t nblocks
             if (!(dq > 0.0)) {
                 continue;
             }
-            double err = 0.0;
+#pragma unroll
             for (int i = 0; i < n - 1; ++i) {
                 thr[i] = s_mid[i] * dq;
             }
-    #pragma unroll 1
-    #pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-                const double x = tq_cuda_sanitize(xv[j]);
-                const int    c = tq_cuda_nearest<n>(thr, x);
-                const double e = x - dq * s_lv[c];
-                codes[j]       = (uint8_t) c;
-                err += e * e;
-            }
+            c0 = tq_cuda_nearest<n>(thr, x0);
+            c1 = tq_cuda_nearest<n>(thr, x1);
+            const double e0  = x0 - dq * s_lv[c0];
+            const double e1  = x1 - dq * s_lv[c1];
+            const double err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
             if (err < best_e16 || (best_d16 == 0 && err <= best_e16)) {
                 best_e16 = err;
                 best_d16 = d16;
-        #pragma unroll 1
-    #pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-                    best_codes[j] = codes[j];
-                }
+                b0       = c0;
+                b1       = c1;
             }
         }
     }
 
-    blk[0] = (uint8_t) (best_d16 & 0xFF);
-    blk[1] = (uint8_t) (best_d16 >> 8);
-    tq_cuda_bitwriter bw(blk + F::qs_off);
-#pragma unroll 1
-    for (int j = 0; j < QK_TQ; ++j) {
-        bw.put(best_d16 != 0 ? best_codes[j] : 0u, b);
+    s_codes[warp][lane]      = (uint8_t) (best_d16 != 0 ? b0 : 0);
+    s_codes[warp][lane + 32] = (uint8_t) (best_d16 != 0 ? b1 : 0);
+    __syncwarp();
+    if (lane == 0) {
+        blk[0] = (uint8_t) (best_d16 & 0xFF);
+        blk[1] = (uint8_t) (best_d16 >> 8);
     }
+    tq_cuda_pack_codes<b>(s_codes[warp], blk + F::qs_off, lane);
 }
 
 // ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one warp
@@ -513,6 +503,7 @@ struct tq_vit_smem {
     float    xv[QK_TQ];      // input block
     float    y[QK_TQ];       // Viterbi target
     uint16_t st[QK_TQ];      // path of the last pass
+    uint8_t  code[QK_TQ];    // its k-bit codes
     int      g_fix;
 };
 
@@ -676,67 +667,64 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
 
     uint8_t * blk = loc.dst_blk(ib);
 
-    // preparation (lane 0, double, sequential as in tq_trellis_quantize_block)
+    // preparation as in tq_trellis_quantize_block, with warp reductions: lane l holds samples l, l + 32
+    const double x0 = tq_cuda_sanitize(ws.xv[lane]);
+    const double x1 = tq_cuda_sanitize(ws.xv[lane + 32]);
     uint64_t w0 = 0;  // bit j set: sample j has weight 0 (an outlier slot)
-    int      zero_block = 0;
-    if (lane == 0) {
-        for (int o = 0; o < n_out; ++o) {
-            int    jbest = -1;
-            double vbest = -1.0;
-            #pragma unroll 1
-            for (int j = 0; j < QK_TQ; ++j) {
-                const double x = tq_cuda_sanitize(ws.xv[j]);
-                if (!((w0 >> j) & 1) && fabs(x) > vbest) {
-                    vbest = fabs(x);
-                    jbest = j;
-                }
+#pragma unroll
+    for (int o = 0; o < n_out; ++o) {
+        // largest |x| not yet taken, ties: the lowest position
+        double v = -1.0;
+        int    j = QK_TQ;
+        if (!((w0 >> lane) & 1)) {
+            v = fabs(x0);
+            j = lane;
+        }
+        if (!((w0 >> (lane + 32)) & 1) && fabs(x1) > v) {
+            v = fabs(x1);
+            j = lane + 32;
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const double ov = __shfl_xor_sync(0xFFFFFFFF, v, off);
+            const int    oj = __shfl_xor_sync(0xFFFFFFFF, j, off);
+            if (ov > v || (ov == v && oj < j)) {
+                v = ov;
+                j = oj;
             }
-            w0 |= (uint64_t) 1 << jbest;
-            const double   xo  = tq_cuda_sanitize(ws.xv[jbest]);
+        }
+        w0 |= (uint64_t) 1 << j;
+        if (lane == 0) {
+            const double   xo  = tq_cuda_sanitize(ws.xv[j]);
             const uint16_t od  = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, xo)));
             blk[2 + 2 * o]     = (uint8_t) (od & 0xFF);
             blk[2 + 2 * o + 1] = (uint8_t) (od >> 8);
-            blk[2 + 2 * n_out + o] = (uint8_t) jbest;
-        }
-        double ss = 0.0;
-        #pragma unroll 1
-        for (int j = 0; j < QK_TQ; ++j) {
-            const double x = tq_cuda_sanitize(ws.xv[j]);
-            ss += ((w0 >> j) & 1 ? 0.0 : 1.0) * x * x;
-        }
-        zero_block = !(ss > 0.0) ? 1 : 0;
-        if (!zero_block) {
-            const double rms  = sqrt(ss / (QK_TQ - n_out));
-            double       amax = 0.0;
-            #pragma unroll 1
-            for (int j = 0; j < QK_TQ; ++j) {
-                if (!((w0 >> j) & 1)) {
-                    amax = fmax(amax, fabs(tq_cuda_sanitize(ws.xv[j])));
-                }
-            }
-            const double tmax = tmax_f;
-            const double d0   = tmax > 0.0 && amax / tmax > rms ? amax / tmax : rms;
-            #pragma unroll 1
-            for (int j = 0; j < QK_TQ; ++j) {
-                ws.y[j] = (w0 >> j) & 1 ? 0.0f : (float) (tq_cuda_sanitize(ws.xv[j]) / d0);
-            }
+            blk[2 + 2 * n_out + o] = (uint8_t) j;
         }
     }
-    w0         = __shfl_sync(0xFFFFFFFF, w0, 0);
-    zero_block = __shfl_sync(0xFFFFFFFF, zero_block, 0);
-    __syncwarp();
+    const bool   in0  = !((w0 >> lane) & 1);
+    const bool   in1  = !((w0 >> (lane + 32)) & 1);
+    const double ss   = tq_cuda_warp_sum((in0 ? x0 * x0 : 0.0) + (in1 ? x1 * x1 : 0.0));
+    const double amax = tq_cuda_warp_max(fmax(in0 ? fabs(x0) : 0.0, in1 ? fabs(x1) : 0.0));
 
-    if (zero_block) {
-        if (lane == 0) {
-            blk[0] = 0;
-            blk[1] = 0;
-            #pragma unroll 1
-            for (int j = 0; j < F::qs_bytes; ++j) {
-                blk[F::qs_off + j] = 0;
-            }
+    if (!(ss > 0.0)) {
+        // zero block: scale 0 and an all-zero stream (outlier slots, if any, are written above)
+        if (lane < 2) {
+            blk[lane] = 0;
+        }
+        if (lane < F::qs_bytes) {
+            blk[F::qs_off + lane] = 0;
         }
         return;
     }
+    {
+        const double rms  = sqrt(ss / (QK_TQ - n_out));
+        const double tmax = tmax_f;
+        const double d0   = tmax > 0.0 && amax / tmax > rms ? amax / tmax : rms;
+        ws.y[lane]        = in0 ? (float) (x0 / d0) : 0.0f;
+        ws.y[lane + 32]   = in1 ? (float) (x1 / d0) : 0.0f;
+    }
+    __syncwarp();
 
     // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
     tq_vit_pass<k>(ws, t_reg, w0, QK_TQ / 2, -1);
@@ -744,38 +732,38 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
     __syncwarp();
     tq_vit_pass<k>(ws, t_reg, w0, 0, g_fix);
 
+    // the stream, then the least-squares scale of the path with the states decoded from the stream as
+    // the CPU does (state_j = stream bits [j*k, j*k + L), circular)
+    ws.code[lane]      = (uint8_t) (ws.st[lane] & (K - 1));
+    ws.code[lane + 32] = (uint8_t) (ws.st[lane + 32] & (K - 1));
+    __syncwarp();
+    uint8_t * qs = blk + F::qs_off;
+    tq_cuda_pack_codes<k>(ws.code, qs, lane);
+    double num = 0.0;
+    double den = 0.0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int j = lane + 32 * h;
+        unsigned  st = 0;
+#pragma unroll
+        for (int t = 0; t * k < F::L; ++t) {
+            st |= (unsigned) ws.code[(j + t) & (QK_TQ - 1)] << (t * k);
+        }
+        const double tv = s_tab[st & (NS - 1)];
+        if (h == 0 ? in0 : in1) {
+            num += (h == 0 ? x0 : x1) * tv;
+            den += tv * tv;
+        }
+    }
+    num = tq_cuda_warp_sum(num);
+    den = tq_cuda_warp_sum(den);
+    uint16_t d16 = 0;
+    if (den > 0.0) {
+        d16 = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, num / den)));
+    } else if (lane < F::qs_bytes) {
+        qs[lane] = 0;
+    }
     if (lane == 0) {
-        uint8_t * qs = blk + F::qs_off;
-        tq_cuda_bitwriter bw(qs);
-#pragma unroll 1
-        for (int i = 0; i < QK_TQ; ++i) {
-            bw.put(ws.st[i] & (K - 1), k);
-        }
-        // least-squares scale of the path, decoded from the stream as the CPU does
-        double num = 0.0;
-        double den = 0.0;
-        #pragma unroll 1
-        for (int j = 0; j < QK_TQ; ++j) {
-            if (!((w0 >> j) & 1)) {
-                const int      bit = j * k;
-                const int      byt = bit >> 3;
-                const int      nxt = byt + 1 == F::qs_bytes ? 0 : byt + 1;
-                const unsigned w   = (unsigned) qs[byt] | (unsigned) qs[nxt] << 8;
-                const double   tv  = s_tab[(w >> (bit & 7)) & (NS - 1)];
-                const double   x   = tq_cuda_sanitize(ws.xv[j]);
-                num += x * tv;
-                den += tv * tv;
-            }
-        }
-        uint16_t d16 = 0;
-        if (den > 0.0) {
-            d16 = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, num / den)));
-        } else {
-            #pragma unroll 1
-            for (int j = 0; j < F::qs_bytes; ++j) {
-                qs[j] = 0;
-            }
-        }
         blk[0] = (uint8_t) (d16 & 0xFF);
         blk[1] = (uint8_t) (d16 >> 8);
     }
@@ -797,10 +785,10 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
         GGML_ASSERT(nb <= INT32_MAX);
         tq_k_encode_trellis<type, Loc><<<(unsigned) nb, 32 * TQ_VIT_WARPS, 0, stream>>>(loc, nblocks, tab, tmax);
     } else {
-        constexpr int nt = 128;
-        const int64_t nb = (nblocks + nt - 1) / nt;
+        const int64_t nb = (nblocks + TQ_CB_WARPS - 1) / TQ_CB_WARPS;
         GGML_ASSERT(nb <= INT32_MAX);
-        tq_k_encode_codebook<type, Loc><<<(unsigned) nb, nt, 0, stream>>>(loc, nblocks, tq_cuda_host_cb_params<type>());
+        tq_k_encode_codebook<type, Loc>
+            <<<(unsigned) nb, 32 * TQ_CB_WARPS, 0, stream>>>(loc, nblocks, tq_cuda_host_cb_params<type>());
     }
     CUDA_CHECK(cudaGetLastError());
 }

@@ -6,12 +6,14 @@
 //   set-rows.cu     ggml_cuda_op_set_rows                    -> tq_cuda_set_rows   (the KV-cache write)
 //   cpy.cu          ggml_cuda_cpy                            -> tq_cuda_cpy        (F32 <-> type)
 //   ggml-cuda.cu    supports_op                              -> tq_cuda_supports_op
-//   fattn.cu        ggml_cuda_fattn_kv_type_supported        (all types: K/V are converted to f16 by
-//                                                              the to_fp16 converters for FA)
-// Encoders run on the GPU and follow the CPU reference (src/ggml-tq) operation for operation: the scalar
-// codebook quantizer one thread per block, the tail-biting two-pass Viterbi of the trellis types one warp
-// per block (all 2^L states, 64 steps, same tie rules), so CUDA and CPU agree bit for bit barring
-// compiler differences (the file is built with -fmad=false to keep float/double rounding identical).
+//   fattn.cu        ggml_cuda_fattn_kv_type_supported        (all types allowed: prefill and pairs
+//                                                              without a decode kernel convert K/V to f16)
+//                   tq_cuda_fattn_applies / tq_cuda_fattn    -> decode of compiled pairs (tq-fattn.cuh)
+// Encoders run on the GPU and follow the CPU reference (src/ggml-tq) step for step, one warp per block:
+// the scalar codebook quantizer with warp-reduced sums, the tail-biting two-pass Viterbi of the trellis
+// types over all 2^L states (same tie rules). Sums over a block are taken in another order than on the
+// CPU, so an encoding can differ where two candidates are within rounding of each other (test-backend-ops
+// allows the difference of two good encodings). tq-cuda.cu is built with -fmad=false.
 #pragma once
 
 #include "common.cuh"

@@ -1,0 +1,176 @@
+// llama-tq: host side of the flash-attention decode kernel over ktq / vtq caches (see tq-fattn.cuh):
+// which nodes it takes, the KV split, the combine kernel.
+
+#include "tq-fattn.cuh"
+
+#include <algorithm>
+#include <cfloat>
+
+#define TQ_FA_MAX_COLS 8  // query columns (tokens x GQA heads) per block, at most
+#define TQ_FA_MAX_TOK  8  // more tokens than this: upstream's tensor-core path (K/V converted to f16)
+
+typedef void (*tq_fattn_launch_t)(const tq_fattn_params &, cudaStream_t);
+
+template <int D, ggml_type type_K, ggml_type type_V>
+static tq_fattn_launch_t tq_fattn_pick_nc(const int n_col) {
+    if (n_col <= 2) {
+        return tq_fattn_launch<D, type_K, type_V, 2>;
+    }
+    if (n_col <= 4) {
+        return tq_fattn_launch<D, type_K, type_V, 4>;
+    }
+    return tq_fattn_launch<D, type_K, type_V, 8>;
+}
+
+template <ggml_type type_K, ggml_type type_V>
+static tq_fattn_launch_t tq_fattn_pick_d(const int D, const int n_col) {
+    switch (D) {
+        case 64:  return tq_fattn_pick_nc<64, type_K, type_V>(n_col);
+        case 128: return tq_fattn_pick_nc<128, type_K, type_V>(n_col);
+        case 256: return tq_fattn_pick_nc<256, type_K, type_V>(n_col);
+        default:  return nullptr;
+    }
+}
+
+// nullptr: this (D, K, V) is not compiled
+static tq_fattn_launch_t tq_fattn_pick(const int D, const ggml_type type_K, const ggml_type type_V, const int n_col) {
+#define X(K, V)                                                          \
+    if (type_K == GGML_TYPE_##K && type_V == GGML_TYPE_##V) {            \
+        return tq_fattn_pick_d<GGML_TYPE_##K, GGML_TYPE_##V>(D, n_col);  \
+    }
+    TQ_FA_PAIRS(X)
+#undef X
+    return nullptr;
+}
+
+static int tq_fattn_n_col(const ggml_tensor * dst) {
+    const ggml_tensor * Q = dst->src[0];
+    const ggml_tensor * K = dst->src[1];
+    return (int) (Q->ne[1] * (Q->ne[2] / K->ne[2]));
+}
+
+bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
+    const ggml_tensor * Q    = dst->src[0];
+    const ggml_tensor * K    = dst->src[1];
+    const ggml_tensor * V    = dst->src[2];
+    const ggml_tensor * mask = dst->src[3];
+    if (!TQ_GGML_IS_K(K->type) || !TQ_GGML_IS_TQ(V->type) || TQ_GGML_IS_K(V->type)) {
+        return false;
+    }
+    const int64_t D = Q->ne[0];
+    if (K->ne[0] != D || V->ne[0] != D || Q->type != GGML_TYPE_F32 || dst->type != GGML_TYPE_F32 ||
+        Q->nb[0] != sizeof(float) || Q->ne[1] > TQ_FA_MAX_TOK || Q->ne[2] % K->ne[2] != 0 ||
+        K->ne[2] != V->ne[2] || K->ne[3] != Q->ne[3] || V->ne[3] != Q->ne[3] || K->ne[1] != V->ne[1] ||
+        K->ne[1] > INT32_MAX / 2 || K->nb[1] * tq_fa_tile((int) D) > INT32_MAX || V->nb[1] * tq_fa_tile((int) D) > INT32_MAX) {
+        return false;
+    }
+    if (mask && (mask->type != GGML_TYPE_F16 || mask->ne[2] != 1 || mask->ne[1] < Q->ne[1])) {
+        return false;
+    }
+    // a query column group must fit one block: GQA groups wider than the block are split over blocks
+    return tq_fattn_pick((int) D, K->type, V->type, std::min(tq_fattn_n_col(dst), TQ_FA_MAX_COLS)) != nullptr;
+}
+
+// merges the n_split partial results of each output row (one block per row, one thread per element)
+static __global__ void tq_k_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ part_ml,
+                                          const float * __restrict__ sinks, float * __restrict__ dst, const int D,
+                                          const int n_rows, const int n_split, const int n_head) {
+    const int64_t o = blockIdx.x;
+    const int     e = threadIdx.x;
+    float m = -FLT_MAX / 2.0f;
+    for (int s = 0; s < n_split; ++s) {
+        m = fmaxf(m, part_ml[(int64_t) s * n_rows + o].x);
+    }
+    float sink = 0.0f;
+    if (sinks) {
+        sink = sinks[o % n_head];
+        m    = fmaxf(m, sink);
+    }
+    float l   = sinks ? expf(sink - m) : 0.0f;
+    float acc = 0.0f;
+    for (int s = 0; s < n_split; ++s) {
+        const float2 ml = part_ml[(int64_t) s * n_rows + o];
+        const float  f  = expf(ml.x - m);
+        l += f * ml.y;
+        acc += f * part[((int64_t) s * n_rows + o) * D + e];
+    }
+    dst[o * D + e] = l > 0.0f ? acc / l : 0.0f;
+}
+
+void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    const ggml_tensor * Q     = dst->src[0];
+    const ggml_tensor * K     = dst->src[1];
+    const ggml_tensor * V     = dst->src[2];
+    const ggml_tensor * mask  = dst->src[3];
+    const ggml_tensor * sinks = dst->src[4];
+    GGML_ASSERT(tq_cuda_fattn_applies(dst));
+    GGML_ASSERT(!sinks || sinks->type == GGML_TYPE_F32);
+
+    tq_fattn_params p = {};
+    p.Q     = (const char *) Q->data;
+    p.K     = (const char *) K->data;
+    p.V     = (const char *) V->data;
+    p.mask  = mask ? (const char *) mask->data : nullptr;
+    p.sinks = sinks ? (const float *) sinks->data : nullptr;
+    p.dst   = (float *) dst->data;
+
+    memcpy(&p.scale, (const float *) dst->op_params + 0, sizeof(float));
+    memcpy(&p.max_bias, (const float *) dst->op_params + 1, sizeof(float));
+    memcpy(&p.logit_softcap, (const float *) dst->op_params + 2, sizeof(float));
+    if (p.logit_softcap != 0.0f) {
+        p.scale /= p.logit_softcap;
+    }
+    const uint32_t n_head = (uint32_t) Q->ne[2];
+    p.n_head_log2 = 1u << (uint32_t) floorf(log2f((float) n_head));
+    p.m0          = powf(2.0f, -(p.max_bias) / p.n_head_log2);
+    p.m1          = powf(2.0f, -(p.max_bias / 2.0f) / p.n_head_log2);
+
+    const int D   = (int) Q->ne[0];
+    p.n_tok       = (int) Q->ne[1];
+    p.n_head      = (int) Q->ne[2];
+    p.n_seq       = (int) Q->ne[3];
+    p.n_rows      = p.n_seq * p.n_tok * p.n_head;
+    p.n_kv_head   = (int) K->ne[2];
+    p.gqa         = p.n_head / p.n_kv_head;
+    p.n_col       = tq_fattn_n_col(dst);
+    const int nc  = std::min(p.n_col, TQ_FA_MAX_COLS);
+    const int NC  = nc <= 2 ? 2 : nc <= 4 ? 4 : 8;
+    p.n_col_grp   = (p.n_col + NC - 1) / NC;
+    p.n_kv        = (int) K->ne[1];
+    p.ne33        = mask ? (int) mask->ne[3] : 1;
+    p.nb01 = Q->nb[1];  p.nb02 = Q->nb[2];  p.nb03 = Q->nb[3];
+    p.nb11 = K->nb[1];  p.nb12 = K->nb[2];  p.nb13 = K->nb[3];
+    p.nb21 = V->nb[1];  p.nb22 = V->nb[2];  p.nb23 = V->nb[3];
+    p.nb31 = mask ? mask->nb[1] : 0;
+    p.nb33 = mask ? mask->nb[3] : 0;
+
+    // split the KV rows over blocks until the GPU has a few blocks per SM; at least 4 tiles per split
+    const int nsm        = ggml_cuda_info().devices[ctx.device].nsm;
+    const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
+    const int want_split = std::max(1, (6 * nsm + base - 1) / base);
+    const int min_rows   = 4 * tq_fa_tile(D);
+    int kv_per_split     = (p.n_kv + want_split - 1) / want_split;
+    kv_per_split         = std::max(min_rows, (kv_per_split + tq_fa_tile(D) - 1) / tq_fa_tile(D) * tq_fa_tile(D));
+    p.kv_per_split       = kv_per_split;
+    p.n_split            = std::max(1, (p.n_kv + kv_per_split - 1) / kv_per_split);
+
+    cudaStream_t stream = ctx.stream();
+    ggml_cuda_pool_alloc<float>  part(ctx.pool());
+    ggml_cuda_pool_alloc<float2> part_ml(ctx.pool());
+    if (p.n_split > 1) {
+        part.alloc((size_t) p.n_split * p.n_rows * D);
+        part_ml.alloc((size_t) p.n_split * p.n_rows);
+        p.part    = part.ptr;
+        p.part_ml = part_ml.ptr;
+    }
+
+    const tq_fattn_launch_t launch = tq_fattn_pick(D, K->type, V->type, nc);
+    GGML_ASSERT(launch != nullptr);
+    launch(p, stream);
+
+    if (p.n_split > 1) {
+        tq_k_fattn_combine<<<p.n_rows, D, 0, stream>>>(p.part, p.part_ml, p.sinks, p.dst, D, p.n_rows, p.n_split,
+                                                      p.n_head);
+        CUDA_CHECK(cudaGetLastError());
+    }
+}

@@ -1,0 +1,75 @@
+// llama-tq: flash-attention decode kernel that reads the ktq / vtq cache directly (no f16 copy).
+//
+// ggml-cuda's fattn.cu asks tq_cuda_fattn_applies() first; when it says yes, tq_cuda_fattn() runs the op:
+//   - one thread block per (KV head, group of up to NC query columns, KV split): a query column is one
+//     (token, query head) pair of that KV head's GQA group, so every K/V element is read once per group;
+//   - K: Q·K from the codes, d * sum_j q_j * level[code_j] (Q is already in the rotated domain: upstream's
+//     attn_rot rotates Q and K in the graph, the type never rotates again);
+//   - V: each value decoded in registers from its code / trellis window (O(1) random access);
+//   - online softmax per 128-row tile, KV split over blocks when the GPU would idle, then a combine kernel.
+// Type pairs are compiled for the pairs in TQ_FA_PAIRS (CMake option LLAMA_TQ_CUDA_FA_PAIRS); others take
+// upstream's path (K and V converted to f16).
+#pragma once
+
+#include "common.cuh"
+
+#include <cstdint>
+
+// the compiled K/V pairs: X(K suffix, V suffix); the build writes tq-fattn-pairs.h (tq-cuda.cmake)
+#if __has_include("tq-fattn-pairs.h")
+#include "tq-fattn-pairs.h"
+#else
+#define TQ_FA_PAIRS(X) \
+    X(KTQ2, VTQ2_2) X(KTQ3, VTQ3_2) X(KTQ4, VTQ4_2) X(KTQ4, VTQ3_2) X(KTQ4, VTQ2_2) X(KTQ3, VTQ2_2)
+#endif
+
+#define TQ_FA_NTHREADS 128  // 4 warps
+
+// KV rows per tile (one softmax step; the tile's K and V bytes are staged in shared memory)
+static constexpr __host__ __device__ int tq_fa_tile(const int D) {
+    return D <= 64 ? 128 : 64;
+}
+
+struct tq_fattn_params {
+    const char *  Q;
+    const char *  K;
+    const char *  V;
+    const char *  mask;   // f16 [n_kv, >= n_tok, 1, ne33] or nullptr
+    const float * sinks;  // [n_head] or nullptr
+    float *       dst;    // [n_seq][n_tok][n_head][D], written when n_split == 1
+    float *       part;   // [n_split][n_seq * n_tok * n_head][D], unnormalized, when n_split > 1
+    float2 *      part_ml;  // [n_split][n_seq * n_tok * n_head]: (running max, sum of exp)
+
+    float    scale;  // already divided by logit_softcap when that is set (as upstream does)
+    float    logit_softcap;
+    float    max_bias;
+    float    m0;
+    float    m1;
+    uint32_t n_head_log2;
+
+    int     n_tok;      // Q->ne[1]
+    int     n_seq;      // Q->ne[3]
+    int     n_rows;     // n_seq * n_tok * n_head: output rows
+    int     n_head;     // Q->ne[2]
+    int     gqa;        // n_head / n_kv_head
+    int     n_col;      // n_tok * gqa: query columns per KV head
+    int     n_col_grp;  // ceil(n_col / NC)
+    int     n_kv;       // K->ne[1]
+    int     n_kv_head;  // K->ne[2]
+    int     kv_per_split;
+    int     n_split;
+    int     ne33;
+    int64_t nb01, nb02, nb03;
+    int64_t nb11, nb12, nb13;
+    int64_t nb21, nb22, nb23;
+    int64_t nb31, nb33;
+};
+
+// launches the kernel of one (D, K type, V type, NC) instance; defined in tq-fattn-d*.cu
+template <int D, ggml_type type_K, ggml_type type_V, int NC>
+void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream);
+
+// true if tq_cuda_fattn runs this FLASH_ATTN_EXT node (a K/V pair of ours that is compiled, decode-sized)
+bool tq_cuda_fattn_applies(const ggml_tensor * dst);
+
+void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
