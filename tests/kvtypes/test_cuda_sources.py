@@ -5,6 +5,8 @@ fallback used when the sources are compiled without CMake, as .ci/run does); the
 """
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -57,3 +59,44 @@ def test_every_dispatched_head_size_has_an_instance_file(head_dim: int) -> None:
     inst = (CUDA / f"tq-fattn-d{head_dim}.cu").read_text()
     assert f"TQ_FA_INSTANCE_NC({head_dim}, K, V, 2)" in inst
     assert f"TQ_FA_INSTANCE_NC({head_dim}, K, V, 8)" in inst
+
+
+def configure_pairs(tmp_path: Path, pairs: str) -> tuple[int, str, str]:
+    """Runs tq-cuda.cmake in a throwaway CMake project (no CUDA needed); returns rc, the generated header
+    (or "") and the configure output."""
+    cmake = shutil.which("cmake")
+    if cmake is None:
+        pytest.skip("cmake not on PATH")
+    proj = tmp_path / "proj"
+    proj.mkdir(parents=True)
+    (proj / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.21)\nproject(t LANGUAGES NONE)\n"
+        f'set(LLAMA_TQ_SRC_DIR "{ROOT / "src"}")\n'
+        'include("${LLAMA_TQ_SRC_DIR}/ggml-tq/cuda/tq-cuda.cmake")\n'
+    )
+    build = tmp_path / "build"
+    r = subprocess.run([cmake, "-S", str(proj), "-B", str(build), f"-DLLAMA_TQ_CUDA_FA_PAIRS={pairs}"],
+                       capture_output=True, text=True, timeout=120)
+    header = build / "llama-tq" / "tq-fattn-pairs.h"
+    return r.returncode, header.read_text() if header.exists() else "", r.stdout + r.stderr
+
+
+def test_cmake_pair_list_is_normalized_and_deduplicated(tmp_path: Path) -> None:
+    rc, header, out = configure_pairs(tmp_path, "ktq2-vtq2;ktq2-vtq2_2;ktq4-vtq3_3")
+    assert rc == 0, out
+    assert re.findall(r"X\((\w+), (\w+)\)", header) == [("KTQ2", "VTQ2_2"), ("KTQ4", "VTQ3_3")]
+
+
+def test_cmake_default_and_all(tmp_path: Path) -> None:
+    rc, header, out = configure_pairs(tmp_path / "d", "default")
+    assert rc == 0, out
+    assert re.findall(r"X\((\w+), (\w+)\)", header) == cmake_default_pairs()
+    rc, header, out = configure_pairs(tmp_path / "a", "all")
+    assert rc == 0, out
+    assert len(re.findall(r"X\((\w+), (\w+)\)", header)) == 27
+
+
+def test_cmake_rejects_a_bad_pair_and_lists_the_valid_names(tmp_path: Path) -> None:
+    rc, _, out = configure_pairs(tmp_path, "ktq2-q4_0")
+    assert rc != 0
+    assert "ktq2-q4_0" in out and "vtq2_1" in out

@@ -25,6 +25,7 @@ else()
 endif()
 
 set(_tq_fa_macro "")
+set(_tq_fa_seen "")
 foreach (_pair ${_tq_fa_pairs})
     if (NOT _pair MATCHES "^(ktq[234])-(vtq[234](_[123])?)$")
         message(FATAL_ERROR "llama-tq: LLAMA_TQ_CUDA_FA_PAIRS: '${_pair}' is not a K-V pair; K is one of "
@@ -37,10 +38,14 @@ foreach (_pair ${_tq_fa_pairs})
     endif()
     string(TOUPPER "${_k}" _k)
     string(TOUPPER "${_v}" _v)
+    if ("${_k}-${_v}" IN_LIST _tq_fa_seen)
+        continue()  # e.g. ktq2-vtq2 and ktq2-vtq2_2: one instance
+    endif()
+    list(APPEND _tq_fa_seen "${_k}-${_v}")
     string(APPEND _tq_fa_macro " X(${_k}, ${_v})")
 endforeach()
-list(LENGTH _tq_fa_pairs _tq_fa_n)
-message(STATUS "llama-tq: CUDA flash-attention decode kernels for ${_tq_fa_n} K/V pair(s): ${_tq_fa_pairs}")
+list(LENGTH _tq_fa_seen _tq_fa_n)
+message(STATUS "llama-tq: CUDA flash-attention decode kernels for ${_tq_fa_n} K/V pair(s): ${_tq_fa_seen}")
 
 set(LLAMA_TQ_CUDA_GEN_DIR "${CMAKE_CURRENT_BINARY_DIR}/llama-tq")
 file(CONFIGURE OUTPUT "${LLAMA_TQ_CUDA_GEN_DIR}/tq-fattn-pairs.h" CONTENT

@@ -243,7 +243,8 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
                         v = p.logit_softcap * tanhf(v);
                     }
                     if (mk) {
-                        v += slope * __half2float(mk[r]);
+                        const float mv = __half2float(mk[r]);
+                        v = mv == -INFINITY ? -INFINITY : v + slope * mv;  // a masked cell counts for nothing
                     }
                 }
                 s[i] = v;

@@ -61,10 +61,18 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
     if (K->ne[0] != D || V->ne[0] != D || Q->type != GGML_TYPE_F32 || dst->type != GGML_TYPE_F32 ||
         Q->nb[0] != sizeof(float) || Q->ne[1] > TQ_FA_MAX_TOK || Q->ne[2] % K->ne[2] != 0 ||
         K->ne[2] != V->ne[2] || K->ne[3] != Q->ne[3] || V->ne[3] != Q->ne[3] || K->ne[1] != V->ne[1] ||
-        K->ne[1] > INT32_MAX / 2 || K->nb[1] * tq_fa_tile((int) D) > INT32_MAX || V->nb[1] * tq_fa_tile((int) D) > INT32_MAX) {
+        K->ne[1] > INT32_MAX / 2 || Q->ne[3] > 65535) {
         return false;
     }
-    if (mask && (mask->type != GGML_TYPE_F16 || mask->ne[2] != 1 || mask->ne[1] < Q->ne[1])) {
+    // a head's blocks are contiguous, and the kernel reads them as 16-bit words (shape-only checks: the answer
+    // must not change between graph allocation and compute, get_alloc_size depends on it)
+    for (const ggml_tensor * t : {K, V}) {
+        if (t->nb[0] != ggml_type_size(t->type) || (t->nb[1] | t->nb[2] | t->nb[3] | t->view_offs) % 2 != 0) {
+            return false;
+        }
+    }
+    if (mask && (mask->type != GGML_TYPE_F16 || mask->ne[2] != 1 || mask->ne[1] < Q->ne[1] ||
+                 mask->ne[0] < K->ne[1])) {
         return false;
     }
     // a query column group must fit one block: GQA groups wider than the block are split over blocks
