@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""Two candidate quality levers for the ktq/vtq caches, measured offline on a real model's K/V rows.
+
+Rows are collected as the cache receives them (after upstream's attn_rot Walsh-Hadamard H, see
+llama_tq.calibrate.model_samples), then quantized with the CPU reference (llama_tq.codecs.round_trip):
+
+1. random signs: rows rotated by D·H·D (fixed random ±1 signs D; symmetric and its own inverse like H)
+   instead of H. Printed: relative MSE sum (x - x̂)² / sum x² under each rotation.
+2. K channel mean: subtracting a per-layer mean vector m from every K row before quantizing (softmax-
+   invariant when m is one constant per layer and head). m is estimated on window A and applied to the
+   second half of window B (other tokens, later positions); printed: K's absolute quantization error with
+   m removed / without, for m from the first 512 positions of A and from all of A.
+
+    python benchmarks/k_offset_proxy.py [--model M.gguf] [--text brown.txt] [--ctx 2048] [--out DIR]
+
+Writes k_offset.md, k_offset.json and k_offset.png to --out (default benchmarks/out/k_offset).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+K_TYPES = ("ktq2", "ktq3", "ktq4")
+V_TYPES = ("vtq2", "vtq3", "vtq4")
+
+
+def randomized_hadamard(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    from scipy.linalg import hadamard
+
+    h = hadamard(n).astype(np.float64) / np.sqrt(n)
+    d = np.random.default_rng(seed).choice([-1.0, 1.0], n)
+    return h, d[:, None] * h * d[None, :]
+
+
+def quant_error(cache_type: str, x: np.ndarray) -> float:
+    from llama_tq import codecs
+
+    q = codecs.round_trip(cache_type, x.reshape(-1, 64).astype(np.float32)).astype(np.float64)
+    return float(((q - x.reshape(-1, 64)) ** 2).sum())
+
+
+def random_signs(samples: dict[str, np.ndarray], seed: int) -> list[dict]:
+    h, r = randomized_hadamard(64, seed)
+    rows = []
+    for t in K_TYPES + V_TYPES:
+        err_h = err_r = energy = 0.0
+        for key, x in samples.items():
+            if key[0] != t[0]:
+                continue
+            xh = x.reshape(-1, 64).astype(np.float64)  # rotated by H (per 64 channels)
+            xr = (xh @ h) @ r.T                           # H is its own inverse: back, then D·H·D
+            err_h += quant_error(t, xh)
+            err_r += quant_error(t, xr)
+            energy += float((xh ** 2).sum())
+        rows.append({"type": t, "mse_H": err_h / energy, "mse_DHD": err_r / energy, "ratio": err_r / err_h})
+    return rows
+
+
+def k_mean(samples: dict[str, np.ndarray], ctx: int) -> list[dict]:
+    rows = []
+    for t in K_TYPES:
+        base = early = full = 0.0
+        for key, x in samples.items():
+            if key[0] != "k":
+                continue
+            x = x.astype(np.float64)
+            a, b = x[:ctx], x[ctx:2 * ctx]
+            test = b[ctx // 2:]
+            base += quant_error(t, test)
+            early += quant_error(t, test - a[:min(512, ctx)].mean(axis=0))
+            full += quant_error(t, test - a.mean(axis=0))
+        rows.append({"type": t, "ratio_mean_first_512": early / base, "ratio_mean_all": full / base})
+    return rows
+
+
+def plot(signs: list[dict], means: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a0, a1) = plt.subplots(1, 2, figsize=(11, 4))
+    xs = np.arange(len(signs))
+    a0.bar(xs - 0.2, [r["mse_H"] for r in signs], 0.4, label="H (upstream)")
+    a0.bar(xs + 0.2, [r["mse_DHD"] for r in signs], 0.4, label="D·H·D (random signs)")
+    a0.set_xticks(xs, [r["type"] for r in signs])
+    a0.set_yscale("log")
+    a0.set_ylabel("relative MSE")
+    a0.set_title("rotation: plain vs random signs")
+    a0.legend()
+    xs = np.arange(len(means))
+    a1.bar(xs - 0.2, [r["ratio_mean_first_512"] for r in means], 0.4, label="mean of positions 0-511")
+    a1.bar(xs + 0.2, [r["ratio_mean_all"] for r in means], 0.4, label="mean of all positions")
+    a1.axhline(1.0, color="gray", lw=0.8)
+    a1.set_xticks(xs, [r["type"] for r in means])
+    a1.set_ylabel("K error with mean removed / without")
+    a1.set_title("per-layer K channel mean (held-out tokens)")
+    a1.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    from llama_tq.calibrate.model_samples import collect_model_samples
+    from llama_tq.testmodel import test_model_path
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="GGUF (default: the SmolLM2-135M test model)")
+    p.add_argument("--text", type=Path, default=ROOT.parent / "shared" / "data" / "brown.txt")
+    p.add_argument("--ctx", type=int, default=2048, help="tokens per window (two windows are collected)")
+    p.add_argument("--seed", type=int, default=1234, help="seed of the random signs")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "k_offset")
+    args = p.parse_args()
+
+    model = args.model or test_model_path()
+    samples = collect_model_samples(model, args.text, n_ctx=args.ctx, n_chunks=2)
+    signs = random_signs(samples, args.seed)
+    means = k_mean(samples, args.ctx)
+
+    lines = [f"{Path(model).name}: 2 windows of {args.ctx} tokens of {args.text.name}", "",
+             "| type | rel. MSE, H | rel. MSE, D·H·D | ratio |", "|---|---|---|---|"]
+    lines += [f"| {r['type']} | {r['mse_H']:.5f} | {r['mse_DHD']:.5f} | {r['ratio']:.3f} |" for r in signs]
+    lines += ["", "| K type | error ratio, mean of positions 0-511 | error ratio, mean of all positions |",
+              "|---|---|---|"]
+    lines += [f"| {r['type']} | {r['ratio_mean_first_512']:.3f} | {r['ratio_mean_all']:.3f} |" for r in means]
+    text = "\n".join(lines)
+    print(text)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "k_offset.md").write_text(text + "\n")
+    (args.out / "k_offset.json").write_text(json.dumps({"random_signs": signs, "k_mean": means}, indent=1))
+    plot(signs, means, args.out / "k_offset.png")
+    print(f"wrote {args.out}/k_offset.md, .json and .png")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
