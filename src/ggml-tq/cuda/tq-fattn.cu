@@ -11,15 +11,18 @@
 
 typedef void (*tq_fattn_launch_t)(const tq_fattn_params &, cudaStream_t);
 
+// query columns per block of the instance that serves n_col columns (2, 4 or 8)
+static int tq_fattn_nc(const int n_col) {
+    return n_col <= 2 ? 2 : n_col <= 4 ? 4 : TQ_FA_MAX_COLS;
+}
+
 template <int D, ggml_type type_K, ggml_type type_V>
 static tq_fattn_launch_t tq_fattn_pick_nc(const int n_col) {
-    if (n_col <= 2) {
-        return tq_fattn_launch<D, type_K, type_V, 2>;
+    switch (tq_fattn_nc(n_col)) {
+        case 2:  return tq_fattn_launch<D, type_K, type_V, 2>;
+        case 4:  return tq_fattn_launch<D, type_K, type_V, 4>;
+        default: return tq_fattn_launch<D, type_K, type_V, 8>;
     }
-    if (n_col <= 4) {
-        return tq_fattn_launch<D, type_K, type_V, 4>;
-    }
-    return tq_fattn_launch<D, type_K, type_V, 8>;
 }
 
 template <ggml_type type_K, ggml_type type_V>
@@ -142,7 +145,7 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.gqa         = p.n_head / p.n_kv_head;
     p.n_col       = tq_fattn_n_col(dst);
     const int nc  = std::min(p.n_col, TQ_FA_MAX_COLS);
-    const int NC  = nc <= 2 ? 2 : nc <= 4 ? 4 : 8;
+    const int NC  = tq_fattn_nc(nc);
     p.n_col_grp   = (p.n_col + NC - 1) / NC;
     p.n_kv        = (int) K->ne[1];
     p.ne33        = mask ? (int) mask->ne[3] : 1;
