@@ -22,17 +22,21 @@
 #   TQ_FA_PAIRS    LLAMA_TQ_CUDA_FA_PAIRS: K/V pairs with our decode kernel (default: its default set)
 #   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT")
 #   TQ_TEST_FILTER test-backend-ops -p pattern (e.g. "ktq|vtq": only the llama-tq cases; default: all cases)
-#   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY) on the llama-tq cases of TQ_OPS
+#   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY, FLASH_ATTN_EXT) on the llama-tq cases
+#                  of TQ_OPS, each run cut at TQ_SANITIZE_TIMEOUT seconds (default 300; rc 124 = cut)
 #   TQ_BENCH=1     llama-bench -fa 1 -p 512 -n 64 over TQ_BENCH_DEPTHS for TQ_BENCH_PAIRS
 #   TQ_BENCH_DEPTHS (default 0,8192)   TQ_BENCH_PAIRS (default "f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3")
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
-#                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records go to $OUT/kv_speed (benchmarks/kv_speed.py)
+#                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records go to $OUT/kv_speed-<shape> (benchmarks/kv_speed.py)
 #   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
 #                  SmolLM2 Q4_1 GGUF as TQ_MODEL (or its halves .carry/smol.part-*) and .carry/eval.txt;
 #                  logs packed into $OUT/quality.tar.gz (make the table here with kv_quality.py --from-logs)
 #   TQ_QUALITY_PAIRS  default: the pairs of benchmarks/kv_quality.py
+#   TQ_QUALITY_UB  llama-perplexity -ub (default 512: prefill path; 8: every step goes through the decode kernel)
+#                  the model halves may travel on separate calls: each is kept in $TQ_BUILD/quality/parts
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
+#   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; needs TQ_BENCH's model)
 #   TQ_SKIP_TESTS=1  skip test-backend-ops
 set -u -o pipefail
 
@@ -100,7 +104,7 @@ cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DC
     -DLLAMA_TQ_SRC_DIR="$TQ_BUILD/src/llama-tq-src" "${FA_ARG[@]}" > "$OUT/build.log" 2>&1 \
     || { tail -30 "$OUT/build.log"; say "configure FAILED"; exit 1; }
 TARGETS=(test-backend-ops)
-[ "${TQ_BENCH:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
+[ "${TQ_BENCH:-0}" = 1 ] || [ "${TQ_PROFILE:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
 [ "${TQ_QUALITY:-0}" = 1 ] && TARGETS+=(llama-perplexity llama-quantize)
 [ "${TQ_FINETUNE:-0}" = 1 ] && TARGETS+=(llama-finetune llama-quantize)
 stamp "build ${TARGETS[*]}"
@@ -148,46 +152,105 @@ if [ "${TQ_SANITIZE:-0}" = 1 ]; then
         : > "$OUT/sanitize.log"
         for op in $TQ_OPS; do
             stamp "memcheck $op"
-            "$CS" --tool memcheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
+            timeout "${TQ_SANITIZE_TIMEOUT:-300}" "$CS" --tool memcheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
             say "  memcheck $op (llama-tq cases): rc $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize.log" | tail -1)"
         done
-        # the encoders share memory within a warp (trellis Viterbi): racecheck the ops that run them
-        for op in SET_ROWS CPY; do
+        # the encoders share memory within a warp (trellis Viterbi) and the decode kernel stages tiles in
+        # shared memory: racecheck the ops that run them
+        for op in SET_ROWS CPY FLASH_ATTN_EXT; do
             case " $TQ_OPS " in *" $op "*) ;; *) continue ;; esac
             stamp "racecheck $op"
-            "$CS" --tool racecheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
+            timeout "${TQ_SANITIZE_TIMEOUT:-300}" "$CS" --tool racecheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
             say "  racecheck $op (llama-tq cases): rc $? $(grep -E 'RACECHECK SUMMARY' "$OUT/sanitize.log" | tail -1)"
         done
     fi
 fi
 
+# ---- random-weight llamas (speed does not depend on weight values) ----
+M=$TQ_BUILD/models
+make_model() {  # shape -> $M/rand-<shape>-q4_k_m.gguf
+    local shape=$1 dims
+    mkdir -p "$M"
+    case $shape in
+        hd64)  dims=(--heads 32 --kv-heads 8 --head-dim 64) ;;
+        hd128) dims=(--heads 16 --kv-heads 8 --head-dim 128) ;;
+        *) say "unknown shape $shape"; return 1 ;;
+    esac
+    [ -f "$M/rand-$shape-q4_k_m.gguf" ] && return 0
+    stamp "generate random llama $shape"
+    PYTHONPATH=$SRC/gguf-py python3 "$ROOT/benchmarks/rand_llama.py" --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" \
+        --out "$M/rand-$shape-f16.gguf" --layers 16 --embd 2048 "${dims[@]}" --ff 5632 >> "$OUT/quantize.log" 2>&1 \
+        || { tail -5 "$OUT/quantize.log"; say "model generation failed"; exit 1; }
+    "$BLD/bin/llama-quantize" "$M/rand-$shape-f16.gguf" "$M/rand-$shape-q4_k_m.gguf" Q4_K_M >> "$OUT/quantize.log" 2>&1 \
+        || { tail -5 "$OUT/quantize.log"; say "quantize failed"; exit 1; }
+    rm -f "$M/rand-$shape-f16.gguf"
+}
+
 # ---- llama-bench on random-weight llamas ----
 if [ "${TQ_BENCH:-0}" = 1 ]; then
     say ""
-    M=$TQ_BUILD/models
-    mkdir -p "$M"
     for shape in ${TQ_BENCH_SHAPES:-hd64}; do
-        case $shape in
-            hd64)  dims=(--heads 32 --kv-heads 8 --head-dim 64) ;;
-            hd128) dims=(--heads 16 --kv-heads 8 --head-dim 128) ;;
-            *) say "unknown shape $shape"; continue ;;
-        esac
-        if [ ! -f "$M/rand-$shape-q4_k_m.gguf" ]; then
-            stamp "generate random llama $shape"
-            PYTHONPATH=$SRC/gguf-py python3 "$ROOT/benchmarks/rand_llama.py" --vocab "$SRC/models/ggml-vocab-llama-spm.gguf" \
-                --out "$M/rand-$shape-f16.gguf" --layers 16 --embd 2048 "${dims[@]}" --ff 5632 >> "$OUT/quantize.log" 2>&1 \
-                || { tail -5 "$OUT/quantize.log"; say "model generation failed"; exit 1; }
-            "$BLD/bin/llama-quantize" "$M/rand-$shape-f16.gguf" "$M/rand-$shape-q4_k_m.gguf" Q4_K_M >> "$OUT/quantize.log" 2>&1 \
-                || { tail -5 "$OUT/quantize.log"; say "quantize failed"; exit 1; }
-            rm -f "$M/rand-$shape-f16.gguf"
-        fi
+        make_model "$shape" || continue
         stamp "bench $shape"
         python3 "$ROOT/benchmarks/kv_speed.py" --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" \
             --label "$shape" --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" \
-            --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed" > "$OUT/bench.log" 2>&1
+            --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed-$shape" > "$OUT/bench-$shape.log" 2>&1
         say "llama-bench $shape rc $?"
+        tail -40 "$OUT/bench-$shape.log" | grep -E "^\|" | tee -a "$SUMMARY"
     done
-    tail -40 "$OUT/bench.log" | grep -E "^\|" | tee -a "$SUMMARY"
+fi
+
+# ---- per-kernel decode times (Nsight Compute) ----
+# TQ_PROFILE=1: ncu times every decode-step kernel of interest (our encoders and decode kernel, upstream's
+# SET_ROWS and vec FA) for TQ_PROFILE_PAIRS at TQ_PROFILE_DEPTHS on the hd64 random llama (TQ_BENCH builds it);
+# the table lists the mean microseconds per launch and per token. Encoders are left out at depth > 0 (the
+# depth prefill would launch them thousands of times).
+if [ "${TQ_PROFILE:-0}" = 1 ]; then
+    say ""
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    make_model hd64
+    MOD=$M/rand-hd64-q4_k_m.gguf
+    if [ -z "$NCU" ] || [ ! -f "$MOD" ]; then
+        say "profile: ncu or $MOD missing"
+    else
+        CUOBJ=$(command -v cuobjdump)
+        [ -n "$CUOBJ" ] && "$CUOBJ" -res-usage "$BLD"/bin/libggml-cuda.so 2>/dev/null | grep -A1 -E "tq_k_fattn_vec|tq_k_encode" \
+            | grep -E "Function|REG" | paste - - | sed -E 's/.*Function ([^ :]+).*REG:([0-9]+).*STACK:([0-9]+).*SHARED:([0-9]+).*/  res \1 REG \2 STACK \3 SHARED \4/' \
+            | head -12 | tee -a "$SUMMARY"
+        for depth in ${TQ_PROFILE_DEPTHS:-0 32768}; do
+            for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
+                ctk=${pair%/*}; ctv=${pair#*/}
+                re='tq_k_fattn|flash_attn_ext_vec'
+                [ "$depth" = 0 ] && re='tq_k_fattn|tq_k_encode|flash_attn_ext_vec|set_rows|cpy'
+                csv=$OUT/ncu-$ctk-$ctv-$depth.csv
+                stamp "ncu $pair depth $depth"
+                timeout 240 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
+                    --kernel-name "regex:$re" "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" \
+                    -p 0 -n 16 -r 1 -d "$depth" > "$csv" 2> "$OUT/ncu.err" || say "  ncu $pair $depth rc $?"
+                python3 - "$csv" "$pair" "$depth" <<'PYEOF' | tee -a "$SUMMARY"
+import csv, io, re, sys
+from collections import defaultdict
+path, pair, depth = sys.argv[1:4]
+text = open(path, errors="replace").read()
+start = text.find('"ID"')
+rows = list(csv.DictReader(io.StringIO(text[start:]))) if start >= 0 else []
+tot, cnt = defaultdict(float), defaultdict(int)
+for r in rows:
+    if r.get("Metric Name") != "gpu__time_duration.sum":
+        continue
+    name = re.sub(r"[(<].*", "", r["Kernel Name"]).replace("void ", "").strip()
+    v = float(r["Metric Value"].replace(",", ""))
+    tot[name] += v * (1e-3 if r.get("Metric Unit") == "nsecond" else 1.0 if r.get("Metric Unit") == "usecond" else 1e3)
+    cnt[name] += 1
+# llama-bench -n 16 plus one warm-up token: 17 decode steps
+steps = 17
+print(f"  ncu {pair} depth {depth}: " + ("no kernels" if not tot else ""))
+for name in sorted(tot, key=lambda n: -tot[n]):
+    print(f"    {name:32s} {cnt[name]:6d} launches {tot[name] / cnt[name]:9.2f} us each {tot[name] / steps:9.1f} us/token")
+PYEOF
+            done
+        done
+    fi
 fi
 
 # ---- KLD vs f16 KV on CUDA (same settings as benchmarks/kv_quality.py) ----
@@ -196,11 +259,20 @@ if [ "${TQ_QUALITY:-0}" = 1 ]; then
     Q=$TQ_BUILD/quality
     mkdir -p "$Q/logs"
     TQ_MODEL=${TQ_MODEL:-$Q/smol.q4_1.gguf}
-    [ -f "$TQ_MODEL" ] || cat "$ROOT"/.carry/smol.part-* > "$TQ_MODEL" 2>/dev/null
+    # the two halves may come on two calls (64 MiB per call): keep each one, join them once both are here
+    mkdir -p "$Q/parts"
+    for part in "$ROOT"/.carry/smol.part-*; do [ -f "$part" ] && cp -n "$part" "$Q/parts/"; done
+    if [ ! -f "$TQ_MODEL" ] && [ -f "$Q/parts/smol.part-00" ] && [ -f "$Q/parts/smol.part-01" ]; then
+        cat "$Q"/parts/smol.part-* > "$TQ_MODEL"
+    fi
+fi
+if [ "${TQ_QUALITY:-0}" = 1 ] && [ ! -f "$TQ_MODEL" ]; then
+    say "quality: model halves kept so far: $(ls "$Q/parts" | tr '\n' ' ')- skipped until both are here"
+elif [ "${TQ_QUALITY:-0}" = 1 ]; then
     [ -f "$Q/smol.f16.gguf" ] || "$BLD/bin/llama-quantize" --allow-requantize "$TQ_MODEL" "$Q/smol.f16.gguf" F16 > "$Q/quantize.log" 2>&1 \
         || { tail -5 "$Q/quantize.log"; say "quality: no model (quantize failed)"; exit 1; }
-    PPL=("$BLD/bin/llama-perplexity" -m "$Q/smol.f16.gguf" -f "$ROOT/.carry/eval.txt" -c 512 -b 512 -ub 512 --chunks 20
-         -fa on -ngl 99)
+    PPL=("$BLD/bin/llama-perplexity" -m "$Q/smol.f16.gguf" -f "$ROOT/.carry/eval.txt" -c 512 -b 512 -ub "${TQ_QUALITY_UB:-512}"
+         --chunks 20 -fa on -ngl 99)
     stamp "quality base"
     "${PPL[@]}" -ctk f16 -ctv f16 --kl-divergence-base "$Q/base.kld" > "$Q/logs/base-f16.log" 2>&1 || say "base failed"
     QP=${TQ_QUALITY_PAIRS:-$(python3 -c "import ast,sys; t=open('$ROOT/benchmarks/kv_quality.py').read(); \
@@ -210,6 +282,7 @@ print(' '.join(ast.literal_eval(t.split('UPSTREAM_PAIRS = ')[1].split(chr(10))[0
         "${PPL[@]}" -ctk "$ctk" -ctv "$ctv" --kl-divergence-base "$Q/base.kld" --kl-divergence > "$Q/logs/$ctk-$ctv.log" 2>&1
         say "$(printf '  %-14s rc %d %s' "$pair" $? "$(grep -E 'Mean +KLD' "$Q/logs/$ctk-$ctv.log" | tail -1)")"
     done
+    say "  (micro-batch ${TQ_QUALITY_UB:-512}: at 8 or fewer tokens the llama-tq pairs run the decode kernel)"
     tar czf "$OUT/quality.tar.gz" -C "$Q" logs
 fi
 
