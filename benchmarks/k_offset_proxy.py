@@ -6,10 +6,11 @@ llama_tq.calibrate.model_samples), then quantized with the CPU reference (llama_
 
 1. random signs: rows rotated by D·H·D (fixed random ±1 signs D; symmetric and its own inverse like H)
    instead of H. Printed: relative MSE sum (x - x̂)² / sum x² under each rotation.
-2. K channel mean: subtracting a per-layer mean vector m from every K row before quantizing (softmax-
-   invariant when m is one constant per layer and head). m is estimated on window A and applied to the
-   second half of window B (other tokens, later positions); printed: K's absolute quantization error with
-   m removed / without, for m from the first 512 positions of A and from all of A.
+2. K centering as shipped (LLAMA_TQ_K_MEANS): the pre-RoPE per-layer mean m is estimated on window A
+   (llama_tq.calibrate.k_means, undoing the rotation and RoPE), and the constant the runtime subtracts for
+   a context of C positions, the mean of RoPE_p(m) over p < C, is removed from held-out keys of window B
+   placed at positions spread over 0..C-1 (B's own pre-RoPE keys re-RoPE'd there: positions past 2048 are
+   synthetic). Printed: K's quantization error with centering / without, per context C.
 
     python benchmarks/k_offset_proxy.py [--model M.gguf] [--text brown.txt] [--ctx 2048] [--out DIR]
 
@@ -61,21 +62,40 @@ def random_signs(samples: dict[str, np.ndarray], seed: int) -> list[dict]:
     return rows
 
 
-def k_mean(samples: dict[str, np.ndarray], ctx: int) -> list[dict]:
-    rows = []
-    for t in K_TYPES:
-        base = early = full = 0.0
-        for key, x in samples.items():
-            if key[0] != "k":
-                continue
-            x = x.astype(np.float64)
-            a, b = x[:ctx], x[ctx:2 * ctx]
-            test = b[ctx // 2:]
-            base += quant_error(t, test)
-            early += quant_error(t, test - a[:min(512, ctx)].mean(axis=0))
-            full += quant_error(t, test - a.mean(axis=0))
-        rows.append({"type": t, "ratio_mean_first_512": early / base, "ratio_mean_all": full / base})
-    return rows
+CONTEXTS = (512, 4096, 32768, 131072)
+
+
+def k_centering(samples: dict[str, np.ndarray], ctx: int, model: object) -> list[dict]:
+    from llama_tq.calibrate.k_means import (
+        estimate_means,
+        hadamard_rows,
+        k_rotation_size,
+        model_rope,
+        position_mean,
+        rope,
+    )
+
+    _, rp = model_rope(model)
+    n_head = int(model.info["n_head_kv"])  # type: ignore[attr-defined]
+    rng = np.random.default_rng(0)
+    err: dict[tuple[str, int], list[float]] = {}
+    for key, x in samples.items():
+        if key[0] != "k":
+            continue
+        a, b = x[:ctx], x[ctx:2 * ctx]
+        m = estimate_means({key: a}, ctx, n_head, rp)[int(key.split(".")[1])]
+        hd = x.shape[1] // n_head
+        nrot = k_rotation_size(hd)
+        pre_b = rope(hadamard_rows(b, nrot).reshape(ctx, n_head, hd), np.arange(ctx, dtype=np.float64), rp, -1.0)
+        for c_len in CONTEXTS:
+            pos = np.sort(rng.integers(0, c_len, ctx // 2)).astype(np.float64)
+            test = hadamard_rows(rope(pre_b[ctx // 2:], pos, rp).reshape(ctx // 2, -1), nrot)
+            c = hadamard_rows(position_mean(m, rp, c_len).reshape(-1), nrot)
+            for t in K_TYPES:
+                e = err.setdefault((t, c_len), [0.0, 0.0])
+                e[0] += quant_error(t, test)
+                e[1] += quant_error(t, test - c)
+    return [{"type": t, **{f"ratio_{c}": err[(t, c)][1] / err[(t, c)][0] for c in CONTEXTS}} for t in K_TYPES]
 
 
 def plot(signs: list[dict], means: list[dict], path: Path) -> None:
@@ -94,13 +114,13 @@ def plot(signs: list[dict], means: list[dict], path: Path) -> None:
     a0.set_title("rotation: plain vs random signs")
     a0.legend()
     xs = np.arange(len(means))
-    a1.bar(xs - 0.2, [r["ratio_mean_first_512"] for r in means], 0.4, label="mean of positions 0-511")
-    a1.bar(xs + 0.2, [r["ratio_mean_all"] for r in means], 0.4, label="mean of all positions")
+    for j, c in enumerate(CONTEXTS):
+        a1.bar(xs + (j - 1.5) * 0.2, [r[f"ratio_{c}"] for r in means], 0.2, label=f"context {c}")
     a1.axhline(1.0, color="gray", lw=0.8)
     a1.set_xticks(xs, [r["type"] for r in means])
-    a1.set_ylabel("K error with mean removed / without")
-    a1.set_title("per-layer K channel mean (held-out tokens)")
-    a1.legend()
+    a1.set_ylabel("K error with centering / without")
+    a1.set_title("K centering (held-out keys)")
+    a1.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -117,23 +137,27 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "k_offset")
     args = p.parse_args()
 
+    from llama_tq import _core
+    from llama_tq.calibrate.k_means import ENV, env_without
+
     model = args.model or test_model_path()
-    samples = collect_model_samples(model, args.text, n_ctx=args.ctx, n_chunks=2)
+    with env_without(ENV):
+        samples = collect_model_samples(model, args.text, n_ctx=args.ctx, n_chunks=2)
     signs = random_signs(samples, args.seed)
-    means = k_mean(samples, args.ctx)
+    means = k_centering(samples, args.ctx, _core.Model(str(model)))
 
     lines = [f"{Path(model).name}: 2 windows of {args.ctx} tokens of {args.text.name}", "",
              "| type | rel. MSE, H | rel. MSE, D·H·D | ratio |", "|---|---|---|---|"]
     lines += [f"| {r['type']} | {r['mse_H']:.5f} | {r['mse_DHD']:.5f} | {r['ratio']:.3f} |" for r in signs]
-    lines += ["", "| K type | error ratio, mean of positions 0-511 | error ratio, mean of all positions |",
-              "|---|---|---|"]
-    lines += [f"| {r['type']} | {r['ratio_mean_first_512']:.3f} | {r['ratio_mean_all']:.3f} |" for r in means]
+    lines += ["", "| K type | " + " | ".join(f"error ratio, context {c}" for c in CONTEXTS) + " |",
+              "|---" * (1 + len(CONTEXTS)) + "|"]
+    lines += [f"| {r['type']} | " + " | ".join(f"{r[f'ratio_{c}']:.3f}" for c in CONTEXTS) + " |" for r in means]
     text = "\n".join(lines)
     print(text)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "k_offset.md").write_text(text + "\n")
-    (args.out / "k_offset.json").write_text(json.dumps({"random_signs": signs, "k_mean": means}, indent=1))
+    (args.out / "k_offset.json").write_text(json.dumps({"random_signs": signs, "k_centering": means}, indent=1))
     plot(signs, means, args.out / "k_offset.png")
     print(f"wrote {args.out}/k_offset.md, .json and .png")
     return 0

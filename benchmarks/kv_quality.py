@@ -7,6 +7,11 @@ with no f16 staging. Prints a table, and writes it (markdown + JSON) and a PNG t
 
     python benchmarks/kv_quality.py                       # all pairs, 20 x 512 tokens
     python benchmarks/kv_quality.py --pairs ktq2/vtq2,q4_0/q4_0 --chunks 4
+
+K centering (LLAMA_TQ_K_MEANS, a file from `tq-calibrate k-means`): a pair written K/V+kc runs with
+--k-means FILE in the environment, and is labelled so; the f16 reference never is.
+
+    python benchmarks/kv_quality.py --k-means smol.kmeans.gguf --pairs ktq2/vtq2,ktq2/vtq2+kc
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ class Row:
     kld_p99: float
     same_top: float
     seconds: float
+    centered: bool = False  # K centering on (LLAMA_TQ_K_MEANS)
 
     @property
     def bits(self) -> float:
@@ -63,7 +69,7 @@ class Row:
 
     @property
     def label(self) -> str:
-        return f"{self.type_k}/{self.type_v}"
+        return f"{self.type_k}/{self.type_v}" + ("+kc" if self.centered else "")
 
 
 def held_out_text(text_path: Path, out_dir: Path, n_bytes: int) -> Path:
@@ -87,12 +93,16 @@ def f16_model(out_dir: Path, threads: int) -> Path:
     return path
 
 
-def perplexity(model: Path, text: Path, type_k: str, type_v: str, args, extra: list[str]) -> tuple[str, float]:
+def perplexity(model: Path, text: Path, type_k: str, type_v: str, args, extra: list[str],
+               k_means: Path | None = None) -> tuple[str, float]:
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_TQ_K_MEANS"}
+    if k_means is not None:
+        env["LLAMA_TQ_K_MEANS"] = str(k_means)
     cmd = ["-m", str(model), "-f", str(text), "-c", str(args.ctx), "-b", str(args.ctx), "-ub", str(args.ubatch),
            "--chunks", str(args.chunks), "-fa", "on", "-ctk", type_k, "-ctv", type_v, "-t", str(args.threads),
            *extra]
     t0 = time.time()
-    run = bundled.run_tool("perplexity", cmd, capture_output=True, text=True)
+    run = bundled.run_tool("perplexity", cmd, capture_output=True, text=True, env=env)
     if run.returncode != 0:
         sys.exit(f"llama-perplexity -ctk {type_k} -ctv {type_v} failed:\n{run.stderr[-3000:]}")
     return run.stdout + run.stderr, time.time() - t0
@@ -113,7 +123,8 @@ def format_table(rows: list[Row]) -> str:
             "|---|---|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r.type_k} | {r.type_v} | {r.bits_k:.2f} | {r.bits_v:.2f} | {r.bits:.3f} | {r.ppl:.4f} | "
+        k = r.type_k + (" +kc" if r.centered else "")
+        lines.append(f"| {k} | {r.type_v} | {r.bits_k:.2f} | {r.bits_v:.2f} | {r.bits:.3f} | {r.ppl:.4f} | "
                      f"{r.kld_mean:.6f} | {r.kld_median:.6f} | {r.kld_p99:.6f} | {r.same_top:.2f} |")
     return "\n".join(lines)
 
@@ -159,6 +170,7 @@ def main() -> int:
     p.add_argument("--ubatch", type=int, default=512)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "kv_quality")
+    p.add_argument("--k-means", type=Path, help="LLAMA_TQ_K_MEANS file for the pairs written K/V+kc")
     p.add_argument("--reuse-base", action="store_true",
                    help="reuse the f16 logits of an earlier run in --out (same model, text and --chunks)")
     p.add_argument("--backend", default="CPU", help="label for the title (e.g. 'CUDA H100')")
@@ -186,11 +198,16 @@ def main() -> int:
 
     for pair in tqdm(pairs, desc="cache pairs", unit="pair"):
         type_k, _, type_v = pair.partition("/")
+        centered = type_v.endswith("+kc")
+        type_v = type_v.removesuffix("+kc")
+        if centered and args.k_means is None:
+            sys.exit(f"{pair}: K centering needs --k-means FILE (from `tq-calibrate k-means`)")
         log, seconds = perplexity(model, text, type_k, type_v, args,
-                                  ["--kl-divergence-base", str(base_file), "--kl-divergence"])
-        (args.out / f"{type_k}-{type_v}.log").write_text(log)
+                                  ["--kl-divergence-base", str(base_file), "--kl-divergence"],
+                                  k_means=args.k_means if centered else None)
+        (args.out / f"{type_k}-{type_v}{'+kc' if centered else ''}.log").write_text(log)
         rows.append(Row(type_k, type_v, bits_per_element(type_k), bits_per_element(type_v), **parse(log),
-                        seconds=seconds))
+                        seconds=seconds, centered=centered))
 
     title = (f"{model.name}: {args.chunks} x {args.ctx} tokens of held-out Brown text, "
              f"ubatch {args.ubatch}, FA on, {args.backend}")
@@ -210,8 +227,10 @@ def report_from_logs(args: argparse.Namespace) -> int:
         if path is None:
             print(f"no log for {pair}", file=sys.stderr)
             continue
+        centered = type_v.endswith("+kc")
+        type_v = type_v.removesuffix("+kc")
         rows.append(Row(type_k, type_v, bits_per_element(type_k), bits_per_element(type_v),
-                        **parse(path.read_text(errors="replace")), seconds=0.0))
+                        **parse(path.read_text(errors="replace")), seconds=0.0, centered=centered))
     title = f"logs of {args.from_logs.name}: {args.chunks} x {args.ctx} tokens of held-out Brown text, {args.backend}"
     write_report(rows, args.out, title)
     return 0

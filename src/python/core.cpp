@@ -13,6 +13,7 @@
 #include "ggml.h"
 #include "llama.h"
 #include "tq-ggml.h"
+#include "tq-k-means.h"
 
 #include <algorithm>
 #include <cstring>
@@ -252,7 +253,18 @@ class model {
         d["size_bytes"]  = llama_model_size(model_);
         d["bos"]         = llama_vocab_bos(vocab());
         d["add_bos"]     = llama_vocab_get_add_bos(vocab());
+        d["rope_type"]   = (int) llama_model_rope_type(model_);  // LLAMA_ROPE_TYPE_*: -1 none, 0 norm, 2 neox
+        d["rope_freq_scale_train"] = llama_model_rope_freq_scale_train(model_);
         return d;
+    }
+
+    // a GGUF metadata value as a string (llama.cpp's view of it), None if the model has no such key
+    py::object meta(const std::string & key) const {
+        char buf[512] = {};
+        if (llama_model_meta_val_str(model_, key.c_str(), buf, sizeof(buf)) < 0) {
+            return py::none();
+        }
+        return py::str(buf);
     }
 
   private:
@@ -453,6 +465,23 @@ class context {
         n_past_ = 0;
     }
 
+    // llama-cli's context shift: drop positions [n_keep, n_keep + n_discard), move the later ones back by
+    // n_discard (the K cache is re-roped on the next decode)
+    void context_shift(int64_t n_keep, int64_t n_discard) {
+        if (n_keep < 0 || n_discard <= 0 || n_keep + n_discard > n_past_) {
+            throw py::value_error("context_shift(n_keep=" + std::to_string(n_keep) + ", n_discard=" +
+                                  std::to_string(n_discard) + ") needs 0 <= n_keep, 0 < n_discard and n_keep + "
+                                  "n_discard <= n_past=" + std::to_string(n_past_));
+        }
+        llama_memory_t mem = llama_get_memory(ctx_);
+        if (!llama_memory_can_shift(mem)) {
+            throw std::runtime_error("this context's memory cannot shift positions");
+        }
+        llama_memory_seq_rm(mem, 0, (llama_pos) n_keep, (llama_pos) (n_keep + n_discard));
+        llama_memory_seq_add(mem, 0, (llama_pos) (n_keep + n_discard), (llama_pos) n_past_, (llama_pos) -n_discard);
+        n_past_ -= n_discard;
+    }
+
     size_t   memory_bytes() const { return llama_memory_size_bytes(ctx_); }
     uint32_t n_ctx() const { return llama_n_ctx(ctx_); }
     int64_t  n_past() const { return n_past_; }
@@ -622,6 +651,31 @@ py::dict build_info() {
     return d;
 }
 
+py::array_t<float> rope_position_mean(const py::array_t<float, py::array::c_style | py::array::forcecast> & mu,
+                                      int n_rot, bool neox, float freq_base, float freq_scale, int64_t n_pos) {
+    if (mu.ndim() != 2) {
+        throw py::value_error("mu must be [n_head, n_embd_head]");
+    }
+    const int64_t n_head = mu.shape(0);
+    const int64_t n_embd = mu.shape(1);
+    if (n_rot < 0 || n_rot % 2 || n_rot > n_embd || n_pos < 1 || !(freq_base > 0.0f)) {
+        throw py::value_error("need 0 <= n_rot <= n_embd_head with n_rot even, n_pos >= 1 and freq_base > 0");
+    }
+    py::array_t<float> out({ n_head, n_embd });
+    tq_rope_position_mean(out.mutable_data(), mu.data(), n_embd, n_head, n_rot, neox, freq_base, freq_scale, n_pos);
+    return out;
+}
+
+py::array_t<float> hadamard_blocks(const py::array_t<float, py::array::c_style | py::array::forcecast> & x, int nrot) {
+    if (nrot < 1 || (nrot & (nrot - 1)) || x.size() % nrot) {
+        throw py::value_error("nrot must be a power of two dividing the size of x");
+    }
+    py::array_t<float> out(x.request().shape);
+    std::copy(x.data(), x.data() + x.size(), out.mutable_data());
+    tq_hadamard_blocks(out.mutable_data(), (int64_t) out.size(), nrot);
+    return out;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -642,11 +696,17 @@ PYBIND11_MODULE(_core, m) {
     m.def("vec_dot", &vec_dot_rows, py::arg("type"), py::arg("data"), py::arg("y"),
           "ggml's CPU dot product of every quantized row with the float vector y");
     m.def("type_info", &type_info, py::arg("type"), "Block size, bytes per block and bits per element of a type");
+    m.def("rope_position_mean", &rope_position_mean, py::arg("mu"), py::arg("n_rot"), py::arg("neox"),
+          py::arg("freq_base"), py::arg("freq_scale"), py::arg("n_pos"),
+          "K centering: the mean over positions 0..n_pos-1 of RoPE_p(mu), mu [n_head, n_embd_head] (tq-k-means.h)");
+    m.def("hadamard_blocks", &hadamard_blocks, py::arg("x"), py::arg("nrot"),
+          "Every run of nrot values times attn_rot's orthonormal Walsh-Hadamard matrix");
 
     py::class_<model, std::shared_ptr<model>>(m, "Model")
         .def(py::init<const std::string &, int>(), py::arg("path"), py::arg("n_gpu_layers") = 0)
         .def_property_readonly("n_vocab", &model::n_vocab)
         .def_property_readonly("info", &model::info)
+        .def("meta", &model::meta, py::arg("key"), "A GGUF metadata value as a string, None if absent")
         .def("tokenize", &model::tokenize, py::arg("text"), py::arg("add_special") = true,
              py::arg("parse_special") = false)
         .def("detokenize", &model::detokenize, py::arg("tokens"), py::arg("remove_special") = false);
@@ -663,6 +723,8 @@ PYBIND11_MODULE(_core, m) {
              "Decode tokens; return the K/V rows the cache received (after the Hadamard rotation that quantized "
              "cache types get), as float32 arrays keyed 'k.<layer>' / 'v.<layer>'")
         .def("reset", &context::reset, "Clear the KV cache and start again at position 0")
+        .def("context_shift", &context::context_shift, py::arg("n_keep"), py::arg("n_discard"),
+             "Drop positions [n_keep, n_keep + n_discard) and move the later tokens back (llama-cli's context shift)")
         .def("memory_bytes", &context::memory_bytes,
              "Bytes llama.cpp allocated for this context's memory (KV cache, plus recurrent state)")
         .def_property_readonly("n_ctx", &context::n_ctx)

@@ -1,7 +1,8 @@
 """``tq-calibrate``: design and inspect llama-tq KV-cache codebooks.
 
 Subcommands: ``theory`` (Lloyd-Max on an analytic source), ``trellis`` (train/evaluate vtq_2 trellis
-tables), ``from-samples`` (fit codebooks to K/V samples from an .npz), ``show`` (verify and summarise a
+tables), ``from-samples`` (fit codebooks to K/V samples from an .npz), ``k-means`` (per-layer K means for
+K centering, ``LLAMA_TQ_K_MEANS``), ``show`` (verify and summarise a
 codebook file), ``header`` (codebook file -> C header), ``default`` (regenerate the compiled-in default
 codebook file and header).
 
@@ -290,6 +291,38 @@ def _cmd_from_model(args: argparse.Namespace) -> int:
     return _cmd_from_samples(args)
 
 
+def _cmd_k_means(args: argparse.Namespace) -> int:
+    from .. import _core
+    from .k_means import ENV, env_without, estimate_means, model_rope, position_mean, write_means
+    from .model_samples import collect_model_samples
+
+    _check_output(args.output, ".gguf")
+    try:
+        model = _core.Model(args.model)
+    except (ValueError, RuntimeError) as e:
+        raise CalibrationError(str(e)) from e
+    arch, rope_params = model_rope(model)
+    n_head_kv = int(model.info["n_head_kv"])
+    try:
+        with env_without(ENV):
+            rows = collect_model_samples(args.model, args.text, n_ctx=args.ctx_size, n_chunks=args.chunks,
+                                         n_threads=args.threads, progress=args.progress)
+    except RuntimeError as e:  # llama.cpp refused the context (e.g. a head size the ktq caches cannot hold)
+        raise CalibrationError(str(e)) from e
+    means = estimate_means(rows, args.ctx_size, n_head_kv, rope_params)
+    n_tokens = next(a.shape[0] for k, a in rows.items() if k.startswith("k."))
+    write_means(args.output, arch, means, source=Path(args.model).name, n_tokens=n_tokens)
+    # what the runtime will subtract at a context of --ctx-size, against the rows' energy
+    print(f"{args.model} ({arch}): K means of {len(means)} layers from {n_tokens} tokens -> {args.output}")
+    print("layer  |mean|^2 / mean |k|^2 at n_ctx " + str(args.ctx_size))
+    for il in sorted(means):
+        x = rows[f"k.{il}"].astype(np.float64)
+        c = means[il] if rope_params is None else position_mean(means[il], rope_params, args.ctx_size)
+        print(f"{il:5d}  {float((c ** 2).sum()) / float((x ** 2).sum(axis=1).mean()):.3f}")
+    print(f"use: {ENV}={args.output} llama-cli -m {args.model} -ctk ktq2 -ctv vtq2 ...")
+    return 0
+
+
 def _gaussian_mse(n: int) -> float:
     return lloyd_max(Gaussian(), n).mse
 
@@ -427,6 +460,15 @@ def _add_fit_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", metavar="PNG", help="histograms with the fitted levels")
 
 
+def _add_model_run_args(p: argparse.ArgumentParser, default_ctx: int) -> None:
+    """A model run on a text (from-model, k-means): the model, the text, and the windows it reads."""
+    p.add_argument("model", metavar="MODEL.gguf")
+    p.add_argument("text", metavar="TEXT.txt")
+    p.add_argument("-c", "--ctx-size", type=_int_in(64, 1 << 20, "--ctx-size"), default=default_ctx)
+    p.add_argument("--chunks", type=_int_in(1, 1 << 20, "--chunks"), default=4, help="windows of --ctx-size tokens")
+    p.add_argument("-t", "--threads", type=_int_in(0, 1024, "--threads"), default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -515,15 +557,22 @@ def build_parser() -> argparse.ArgumentParser:
         "K/V rows the cache receives (after its Hadamard rotation), save them as an .npz and fit "
         "codebooks to them exactly as from-samples does.",
     )
-    p.add_argument("model", metavar="MODEL.gguf")
-    p.add_argument("text", metavar="TEXT.txt")
+    _add_model_run_args(p, default_ctx=512)
     p.add_argument("-o", "--output", metavar="FILE.tqcb", required=True)
     p.add_argument("--samples-out", metavar="FILE.npz", help="where to keep the rows (default: OUTPUT.npz)")
-    p.add_argument("-c", "--ctx-size", type=_int_in(64, 1 << 20, "--ctx-size"), default=512)
-    p.add_argument("--chunks", type=_int_in(1, 1 << 20, "--chunks"), default=4, help="windows of --ctx-size tokens")
-    p.add_argument("-t", "--threads", type=_int_in(0, 1024, "--threads"), default=0)
     _add_fit_options(p)
     p.set_defaults(func=_cmd_from_model)
+
+    p = sub.add_parser(
+        "k-means",
+        help="per-layer K means for K centering (LLAMA_TQ_K_MEANS), from a model run on a text",
+        description="Run a GGUF model on a text, undo the Hadamard rotation and RoPE of the K rows its cache "
+        "receives, and write each layer's mean as a GGUF that LLAMA_TQ_K_MEANS=FILE hands to every llama.cpp "
+        "tool. The cache then stores K minus that mean (attention is unchanged: the softmax cancels it).",
+    )
+    _add_model_run_args(p, default_ctx=2048)
+    p.add_argument("-o", "--output", metavar="FILE.gguf", required=True)
+    p.set_defaults(func=_cmd_k_means)
 
     p = sub.add_parser(
         "show",
