@@ -13,7 +13,7 @@
 struct tq_k_means {
     struct gguf_context * gguf;
     struct ggml_context * data;
-    char                  arch[64];
+    char                  arch[128];
 };
 
 static void tq_k_means_err(char * err, size_t err_size, const char * fmt, ...) {
@@ -77,7 +77,9 @@ tq_k_means * tq_k_means_load(const char * path, char * err, size_t err_size) {
         struct ggml_tensor * t    = ggml_get_tensor(m->data, name);
         int                  il   = -1;
         char                 tail = 0;
-        if (sscanf(name, "k_mean.%d%c", &il, &tail) != 1 || il < 0) {
+        char                 canon[32];
+        if (sscanf(name, "k_mean.%9d%c", &il, &tail) != 1 || il < 0 ||
+            (snprintf(canon, sizeof(canon), "k_mean.%d", il), strcmp(canon, name) != 0)) {
             tq_k_means_err(err, err_size, "%s: unexpected tensor '%s' (only k_mean.<layer>)", path, name);
             tq_k_means_free(m);
             return NULL;

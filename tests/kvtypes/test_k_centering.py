@@ -73,10 +73,13 @@ def tokens(model) -> list[int]:
 @pytest.fixture(scope="module")
 def k_means_file(core, model, model_path, tmp_path_factory) -> Path:
     """Means of the test model from one window of 256 tokens (calibration text apart from the test text)."""
-    os.environ.pop(ENV, None)
+    from llama_tq.calibrate.k_means import env_without
+
     toks = model.tokenize(_text(0, 8_000))[:256]
-    ctx = core.Context(model, n_ctx=256, n_batch=256, type_k="ktq4", type_v="vtq4", flash_attn=True, collect_kv=True)
-    rows = ctx.collect_kv(toks)
+    with env_without(ENV):
+        ctx = core.Context(model, n_ctx=256, n_batch=256, type_k="ktq4", type_v="vtq4", flash_attn=True,
+                           collect_kv=True)
+        rows = ctx.collect_kv(toks)
     arch, rp = model_rope(model)
     path = tmp_path_factory.mktemp("k_means") / "smol.kmeans.gguf"
     write_means(path, arch, estimate_means(rows, 256, model.info["n_head_kv"], rp), Path(model_path).name, 256)
@@ -194,12 +197,13 @@ def _logits(core, model, tokens, type_k: str, shift: bool) -> np.ndarray:
 def test_attention_does_not_move(core, model, tokens, k_means_file, env_k_means, shift: bool) -> None:
     """f16 cache: centering changes only rounding, which this model amplifies (the weights' 8-bit activation
     rounding turns tiny differences into jumps): KLD ~0.005 here, f16 vs f32 KV gives ~0.004. A K shift that
-    does not add the mean back around its RoPE gave 0.043 (measured with that step switched off)."""
+    does not add the mean back around its RoPE gave 0.043 (measured with that step switched off); the bound
+    sits between, with room for other SIMD paths."""
     env_k_means(None)
     off = _logits(core, model, tokens, "f16", shift)
     env_k_means(k_means_file)
     on = _logits(core, model, tokens, "f16", shift)
-    assert _kld(off, on) < 0.01
+    assert _kld(off, on) < 0.02
 
 
 def test_ktq2_gets_closer_to_f16(core, model, tokens, k_means_file, env_k_means) -> None:
@@ -260,3 +264,49 @@ def test_calibrate_k_means_command(core, model_path, tmp_path: Path, capsys, env
     assert "should end in .gguf" in capsys.readouterr().err
     assert main(["-q", "k-means", model_path, str(tmp_path / "none.txt"), "-o", str(out)]) == 2
     assert "cannot read text file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("head_dim", [128, 256])
+def test_larger_heads_use_the_larger_rotation(core, model_path, tmp_path: Path, env_k_means, head_dim: int) -> None:
+    """Heads of 128/256: attn_rot's K matrix is 128/256 wide, and so is the rotation of the constant."""
+    from ..tiny_models import write_tiny_llama
+
+    tiny = core.Model(str(write_tiny_llama(tmp_path / "tiny.gguf", model_path, head_dim=head_dim)))
+    means = {il: np.random.default_rng(il).normal(0, 1, (1, head_dim)).astype(np.float32) for il in range(2)}
+    write_means(tmp_path / "tiny.kmeans.gguf", "llama", means, "t", 1)
+    toks = tiny.tokenize("The quick brown fox jumps over the lazy dog. " * 3)
+    got = {}
+    for on in (False, True):
+        env_k_means(tmp_path / "tiny.kmeans.gguf" if on else None)
+        ctx = core.Context(tiny, n_ctx=256, n_batch=64, type_k="ktq3", type_v="f16", flash_attn=True, collect_kv=True)
+        got[on] = ctx.collect_kv(toks)
+    _, rp = model_rope(tiny)
+    c = hadamard_rows(position_mean(means[0], rp, 256).reshape(-1), head_dim)
+    diff = got[False]["k.0"].astype(np.float64) - got[True]["k.0"]
+    np.testing.assert_allclose(diff, np.broadcast_to(c, diff.shape), atol=1e-4 * np.abs(c).max() + 1e-5)
+
+
+def test_context_shift_of_a_rotated_cache(core, model, tokens, k_means_file, env_k_means) -> None:
+    """ktq4 (rotated) cache: the shift adds the mean back in the rotated domain; with centering the shifted
+    cache stays closer to f16 than without (a wrong add-back would put a position-dependent offset on K)."""
+    env_k_means(None)
+    ref = _logits(core, model, tokens, "f16", True)
+    plain = _kld(ref, _logits(core, model, tokens, "ktq4", True))
+    env_k_means(k_means_file)
+    centered = _kld(ref, _logits(core, model, tokens, "ktq4", True))
+    assert centered < plain, (plain, centered)
+
+
+def test_tensor_names_must_be_canonical(core, model, k_means_file, env_k_means, tmp_path: Path) -> None:
+    import gguf
+
+    arch, means = read_means(k_means_file)
+    w = gguf.GGUFWriter(str(tmp_path / "odd.gguf"), arch)
+    w.add_uint32("llama_tq.k_means.version", 1)
+    for il, m in means.items():
+        w.add_tensor(f"k_mean.{il:02d}", m)  # k_mean.03 would never be found as k_mean.3
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert "unexpected tensor 'k_mean.00'" in _refused(core, model, tmp_path / "odd.gguf", env_k_means)
