@@ -141,10 +141,11 @@ def main() -> int:
     from llama_tq.calibrate.k_means import ENV, env_without
 
     model = args.model or test_model_path()
+    loaded = _core.Model(str(model))
     with env_without(ENV):
-        samples = collect_model_samples(model, args.text, n_ctx=args.ctx, n_chunks=2)
+        samples = collect_model_samples(model, args.text, n_ctx=args.ctx, n_chunks=2, model=loaded)
     signs = random_signs(samples, args.seed)
-    means = k_centering(samples, args.ctx, _core.Model(str(model)))
+    means = k_centering(samples, args.ctx, loaded)
 
     lines = [f"{Path(model).name}: 2 windows of {args.ctx} tokens of {args.text.name}", "",
              "| type | rel. MSE, H | rel. MSE, D·H·D | ratio |", "|---|---|---|---|"]

@@ -72,6 +72,12 @@ class Row:
         return f"{self.type_k}/{self.type_v}" + ("+kc" if self.centered else "")
 
 
+def split_pair(pair: str) -> tuple[str, str, bool]:
+    """'ktq2/vtq2+kc' -> ('ktq2', 'vtq2', True): K type, V type, K centering on."""
+    type_k, _, type_v = pair.partition("/")
+    return type_k, type_v.removesuffix("+kc"), type_v.endswith("+kc")
+
+
 def held_out_text(text_path: Path, out_dir: Path, n_bytes: int) -> Path:
     text = text_path.read_text(encoding="utf-8")
     start = int(len(text) * 0.8)
@@ -197,9 +203,7 @@ def main() -> int:
     from tqdm import tqdm
 
     for pair in tqdm(pairs, desc="cache pairs", unit="pair"):
-        type_k, _, type_v = pair.partition("/")
-        centered = type_v.endswith("+kc")
-        type_v = type_v.removesuffix("+kc")
+        type_k, type_v, centered = split_pair(pair)
         if centered and args.k_means is None:
             sys.exit(f"{pair}: K centering needs --k-means FILE (from `tq-calibrate k-means`)")
         log, seconds = perplexity(model, text, type_k, type_v, args,
@@ -222,13 +226,11 @@ def report_from_logs(args: argparse.Namespace) -> int:
     pairs = args.pairs.split(",") if args.pairs else UPSTREAM_PAIRS + OUR_PAIRS
     rows = []
     for pair in pairs:
-        type_k, _, type_v = pair.partition("/")
-        path = logs.get(f"{type_k}-{type_v}")
+        type_k, type_v, centered = split_pair(pair)
+        path = logs.get(f"{type_k}-{type_v}{'+kc' if centered else ''}")
         if path is None:
             print(f"no log for {pair}", file=sys.stderr)
             continue
-        centered = type_v.endswith("+kc")
-        type_v = type_v.removesuffix("+kc")
         rows.append(Row(type_k, type_v, bits_per_element(type_k), bits_per_element(type_v),
                         **parse(path.read_text(errors="replace")), seconds=0.0, centered=centered))
     title = f"logs of {args.from_logs.name}: {args.chunks} x {args.ctx} tokens of held-out Brown text, {args.backend}"

@@ -49,26 +49,22 @@ tq_k_means * tq_k_means_load(const char * path, char * err, size_t err_size) {
     m->gguf = gguf_init_from_file(path, params);
     if (!m->gguf) {
         tq_k_means_err(err, err_size, "%s: not a readable GGUF file", path);
-        tq_k_means_free(m);
-        return NULL;
+        goto fail;
     }
     const int64_t kv = gguf_find_key(m->gguf, "llama_tq.k_means.version");
     if (kv < 0 || gguf_get_kv_type(m->gguf, kv) != GGUF_TYPE_UINT32) {
         tq_k_means_err(err, err_size, "%s: no llama_tq.k_means.version (not a file from `tq-calibrate k-means`)", path);
-        tq_k_means_free(m);
-        return NULL;
+        goto fail;
     }
     if (gguf_get_val_u32(m->gguf, kv) != TQ_K_MEANS_VERSION) {
         tq_k_means_err(err, err_size, "%s: k-means file version %u, this build reads version %d", path,
                        gguf_get_val_u32(m->gguf, kv), TQ_K_MEANS_VERSION);
-        tq_k_means_free(m);
-        return NULL;
+        goto fail;
     }
     const int64_t ka = gguf_find_key(m->gguf, "general.architecture");
     if (ka < 0 || gguf_get_kv_type(m->gguf, ka) != GGUF_TYPE_STRING) {
         tq_k_means_err(err, err_size, "%s: no general.architecture", path);
-        tq_k_means_free(m);
-        return NULL;
+        goto fail;
     }
     snprintf(m->arch, sizeof(m->arch), "%s", gguf_get_val_str(m->gguf, ka));
 
@@ -81,25 +77,26 @@ tq_k_means * tq_k_means_load(const char * path, char * err, size_t err_size) {
         if (sscanf(name, "k_mean.%9d%c", &il, &tail) != 1 || il < 0 ||
             (snprintf(canon, sizeof(canon), "k_mean.%d", il), strcmp(canon, name) != 0)) {
             tq_k_means_err(err, err_size, "%s: unexpected tensor '%s' (only k_mean.<layer>)", path, name);
-            tq_k_means_free(m);
-            return NULL;
+            goto fail;
         }
         if (!t || t->type != GGML_TYPE_F32 || t->ne[2] != 1 || t->ne[3] != 1) {
             tq_k_means_err(err, err_size, "%s: tensor '%s' must be F32 [n_embd_head_k, n_head_kv]", path, name);
-            tq_k_means_free(m);
-            return NULL;
+            goto fail;
         }
         const float * x = (const float *) t->data;
         for (int64_t j = 0; j < ggml_nelements(t); ++j) {
             if (!isfinite(x[j])) {
                 tq_k_means_err(err, err_size, "%s: tensor '%s' holds a non-finite value at %lld", path, name,
                                (long long) j);
-                tq_k_means_free(m);
-                return NULL;
+                goto fail;
             }
         }
     }
     return m;
+
+fail:  // err says why
+    tq_k_means_free(m);
+    return NULL;
 }
 
 const char * tq_k_means_arch(const tq_k_means * m) {

@@ -306,7 +306,7 @@ def _cmd_k_means(args: argparse.Namespace) -> int:
     try:
         with env_without(ENV):
             rows = collect_model_samples(args.model, args.text, n_ctx=args.ctx_size, n_chunks=args.chunks,
-                                         n_threads=args.threads, progress=args.progress)
+                                         n_threads=args.threads, progress=args.progress, model=model)
     except RuntimeError as e:  # llama.cpp refused the context (e.g. a head size the ktq caches cannot hold)
         raise CalibrationError(str(e)) from e
     means = estimate_means(rows, args.ctx_size, n_head_kv, rope_params)

@@ -32,6 +32,7 @@ def collect_model_samples(
     n_chunks: int = 4,
     n_threads: int = 0,
     progress: bool = True,
+    model: object | None = None,
 ) -> dict[str, NDArray[np.float32]]:
     """Rows keyed ``k.<layer>`` / ``v.<layer>`` (float32 [n_tokens, n_embd_gqa]) from ``n_chunks``
     windows of ``n_ctx`` tokens of the text."""
@@ -41,10 +42,11 @@ def collect_model_samples(
         text = Path(text_path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise CalibrationError(f"cannot read text file {text_path}: {e}") from e
-    try:
-        model = _core.Model(str(model_path))
-    except (ValueError, RuntimeError) as e:
-        raise CalibrationError(str(e)) from e
+    if model is None:  # a caller that already opened the model passes it
+        try:
+            model = _core.Model(str(model_path))
+        except (ValueError, RuntimeError) as e:
+            raise CalibrationError(str(e)) from e
     tokens = model.tokenize(text)
     if len(tokens) < n_ctx:
         raise CalibrationError(f"{text_path} has {len(tokens)} tokens, fewer than one window of {n_ctx}")
