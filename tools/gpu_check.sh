@@ -30,13 +30,14 @@
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
 #                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records go to $OUT/kv_speed-<shape> (benchmarks/kv_speed.py)
 #   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
-#                  SmolLM2 Q4_1 GGUF as TQ_MODEL (or its halves .carry/smol.part-*) and .carry/eval.txt;
+#                  SmolLM2 Q4_1 GGUF as TQ_MODEL (or its halves .carry*/smol.part-*, e.g. .carry0/ and .carry1/ on two calls) and .carry/eval.txt;
 #                  logs packed into $OUT/quality.tar.gz (make the table here with kv_quality.py --from-logs)
 #   TQ_QUALITY_PAIRS  default: the pairs of benchmarks/kv_quality.py
 #   TQ_QUALITY_UB  llama-perplexity -ub (default 512: prefill path; 8: every step goes through the decode kernel)
 #                  the model halves may travel on separate calls: each is kept in $TQ_BUILD/quality/parts
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
 #   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; needs TQ_BENCH's model)
+#   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #   TQ_SKIP_TESTS=1  skip test-backend-ops
 set -u -o pipefail
 
@@ -240,7 +241,11 @@ for r in rows:
         continue
     name = re.sub(r"[(<].*", "", r["Kernel Name"]).replace("void ", "").strip()
     v = float(r["Metric Value"].replace(",", ""))
-    tot[name] += v * (1e-3 if r.get("Metric Unit") == "nsecond" else 1.0 if r.get("Metric Unit") == "usecond" else 1e3)
+    unit = r.get("Metric Unit", "")
+    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(unit)
+    if scale is None:
+        sys.exit(f"unknown time unit {unit!r} in {path}")
+    tot[name] += v * scale
     cnt[name] += 1
 # llama-bench -n 16 plus one warm-up token: 17 decode steps
 steps = 17
@@ -250,6 +255,26 @@ for name in sorted(tot, key=lambda n: -tot[n]):
 PYEOF
             done
         done
+        # TQ_PROFILE_DETAIL=1: where the time of our kernels goes (occupancy, stall reasons, memory throughput):
+        # ncu sections for a few launches of the decode kernel (ktq2/vtq2 at TQ_PROFILE_DETAIL_DEPTH) and of the
+        # encoders (depth 0); the full reports go to $OUT/ncu-detail-*.txt
+        if [ "${TQ_PROFILE_DETAIL:-0}" = 1 ]; then
+            STALLS=$(for r in long_scoreboard short_scoreboard barrier mio_throttle wait math_pipe_throttle lg_throttle \
+                not_selected no_instruction dispatch_stall branch_resolving membar tex_throttle drain imc_miss; do
+                printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' "$r"; done | sed 's/,$//')
+            for what in "tq_k_fattn_vec ${TQ_PROFILE_DETAIL_DEPTH:-8192}" "tq_k_encode 0"; do
+                kn=${what% *}; depth=${what#* }
+                rep=$OUT/ncu-detail-$kn-$depth.txt
+                stamp "ncu detail $kn depth $depth"
+                timeout 180 "$NCU" --clock-control none --kernel-name "regex:$kn" --launch-skip 20 --launch-count 4 \
+                    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+                    --section MemoryWorkloadAnalysis --section SchedulerStats --metrics "$STALLS" \
+                    "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk ktq2 -ctv vtq2 -p 0 -n 8 -r 1 -d "$depth" \
+                    > "$rep" 2>&1 || say "  ncu detail $kn rc $?"
+                grep -E "^  [a-z_]+.*\(|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Block Limit|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Active Warps Per|Eligible Warps|Stall|stalled|L1/TEX Hit|Grid Size|Waves Per" "$rep" \
+                    | head -60 | sed 's/^/  /' | tee -a "$SUMMARY"
+            done
+        fi
     fi
 fi
 
@@ -261,7 +286,7 @@ if [ "${TQ_QUALITY:-0}" = 1 ]; then
     TQ_MODEL=${TQ_MODEL:-$Q/smol.q4_1.gguf}
     # the two halves may come on two calls (64 MiB per call): keep each one, join them once both are here
     mkdir -p "$Q/parts"
-    for part in "$ROOT"/.carry/smol.part-*; do [ -f "$part" ] && cp -n "$part" "$Q/parts/"; done
+    for part in "$ROOT"/.carry*/smol.part-*; do [ -f "$part" ] && cp -n "$part" "$Q/parts/"; done
     if [ ! -f "$TQ_MODEL" ] && [ -f "$Q/parts/smol.part-00" ] && [ -f "$Q/parts/smol.part-01" ]; then
         cat "$Q"/parts/smol.part-* > "$TQ_MODEL"
     fi

@@ -374,21 +374,34 @@ static __device__ __forceinline__ void tq_cuda_pack_codes(const uint8_t * s_code
     }
 }
 
-#define TQ_CB_WARPS 4
+// the 64 threads of pair `sub` (0 or 1) of this thread block (named barriers 1 and 2; 0 is __syncthreads)
+static __device__ __forceinline__ void tq_cuda_pair_sync(const int sub) {
+    if (sub == 0) {
+        asm volatile("bar.sync 1, 64;" ::: "memory");
+    } else {
+        asm volatile("bar.sync 2, 64;" ::: "memory");
+    }
+}
 
-// One warp per block, lane l holds samples l and l + 32: the same iterations as the CPU reference, with
-// the sums over the block taken by warp reductions (so a different summation order: the stored scale can
-// differ from the CPU's in its last bit where two candidates are within rounding of each other).
+#define TQ_CB_BLOCKS 2  // codebook blocks per thread block, two warps each
+
+// Two warps per block, one per starting scale (the CPU tries them one after the other; here they run side
+// by side and the first warp then applies the CPU's rule for keeping a candidate, in the CPU's order). Lane l
+// holds samples l and l + 32: the same iterations as the CPU reference, with the sums over the block taken
+// by warp reductions (so a different summation order: the stored scale can differ from the CPU's in its last
+// bit where two candidates are within rounding of each other).
 template <ggml_type type, class Loc>
-static __global__ void __launch_bounds__(32 * TQ_CB_WARPS)
+static __global__ void __launch_bounds__(64 * TQ_CB_BLOCKS)
 tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_params P) {
     using F        = tq_cuda_fmt<type>;
     constexpr int b = F::b;
     constexpr int n = 1 << b;
 
-    __shared__ float   s_lv[16];
-    __shared__ double  s_mid[15];
-    __shared__ uint8_t s_codes[TQ_CB_WARPS][QK_TQ];
+    __shared__ float    s_lv[16];
+    __shared__ double   s_mid[15];
+    __shared__ uint8_t  s_codes[TQ_CB_BLOCKS][2][QK_TQ];
+    __shared__ double   s_err[TQ_CB_BLOCKS][2];
+    __shared__ uint16_t s_d16[TQ_CB_BLOCKS][2];
     if (threadIdx.x < n) {
         s_lv[threadIdx.x] = P.lv[threadIdx.x];
     }
@@ -397,11 +410,12 @@ tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_para
     }
     __syncthreads();
 
-    const int     warp = threadIdx.x / 32;
+    const int     sub  = threadIdx.x / 64;
+    const int     si   = threadIdx.x / 32 % 2;  // the starting scale this warp tries
     const int     lane = threadIdx.x % 32;
-    const int64_t ib   = (int64_t) blockIdx.x * TQ_CB_WARPS + warp;
+    const int64_t ib   = (int64_t) blockIdx.x * TQ_CB_BLOCKS + sub;
     if (ib >= nblocks) {
-        return;
+        return;  // both warps of the pair
     }
     const double lmax = P.lmax;
 
@@ -411,105 +425,129 @@ tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_para
     const double ss   = tq_cuda_warp_sum(x0 * x0 + x1 * x1);
     const double amax = tq_cuda_warp_max(fmax(fabs(x0), fabs(x1)));
 
-    uint8_t * blk = loc.dst_blk(ib);
-    int       c0 = 0, c1 = 0;            // current codes
-    int       b0 = 0, b1 = 0;            // best codes
-    uint16_t  best_d16 = 0;
+    int      c0 = 0, c1 = 0;  // current codes
+    uint16_t cand_d16 = 0;    // this start's candidate (0: none)
+    double   cand_err = ss;
 
     if (ss > 0.0 && lmax > 0.0) {
-        const double starts[2] = { sqrt(ss / QK_TQ), amax / lmax };
-        double       thr[n - 1];
-        double       best_e16 = ss;  // the all-zero block's error
-        for (int si = 0; si < 2; ++si) {
-            double d     = starts[si];
-            double d_fit = 0.0;
-            double e_fit = ss;
-            for (int it = 0; it < TQ_CB_ITERS; ++it) {
-#pragma unroll
-                for (int i = 0; i < n - 1; ++i) {
-                    thr[i] = s_mid[i] * d;
-                }
-                const int n0 = tq_cuda_nearest<n>(thr, x0);
-                const int n1 = tq_cuda_nearest<n>(thr, x1);
-                const bool changed = __any_sync(0xFFFFFFFF, it == 0 || n0 != c0 || n1 != c1);
-                c0 = n0;
-                c1 = n1;
-                const double num = tq_cuda_warp_sum(x0 * s_lv[c0] + x1 * s_lv[c1]);
-                const double den = tq_cuda_warp_sum((double) s_lv[c0] * s_lv[c0] + (double) s_lv[c1] * s_lv[c1]);
-                if (!changed || !(num > 0.0) || !(den > 0.0)) {
-                    break;
-                }
-                const double dn  = num / den;
-                const double e0  = x0 - dn * s_lv[c0];
-                const double e1  = x1 - dn * s_lv[c1];
-                const double err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
-                if (err < e_fit) {
-                    e_fit = err;
-                    d_fit = dn;
-                }
-                d = dn;
-            }
-            if (!(d_fit > 0.0)) {
-                continue;
-            }
-            const uint16_t d16 = tq_cuda_fp16_bits((float) fmin(d_fit, TQ_CUDA_FP16_MAX));
-            const double   dq  = tq_cuda_fp16_val(d16);
-            if (!(dq > 0.0)) {
-                continue;
-            }
+        double thr[n - 1];
+        double d     = si == 0 ? sqrt(ss / QK_TQ) : amax / lmax;
+        double d_fit = 0.0;
+        double e_fit = ss;
+        for (int it = 0; it < TQ_CB_ITERS; ++it) {
 #pragma unroll
             for (int i = 0; i < n - 1; ++i) {
-                thr[i] = s_mid[i] * dq;
+                thr[i] = s_mid[i] * d;
             }
-            c0 = tq_cuda_nearest<n>(thr, x0);
-            c1 = tq_cuda_nearest<n>(thr, x1);
-            const double e0  = x0 - dq * s_lv[c0];
-            const double e1  = x1 - dq * s_lv[c1];
+            const int n0 = tq_cuda_nearest<n>(thr, x0);
+            const int n1 = tq_cuda_nearest<n>(thr, x1);
+            const bool changed = __any_sync(0xFFFFFFFF, it == 0 || n0 != c0 || n1 != c1);
+            c0 = n0;
+            c1 = n1;
+            const double num = tq_cuda_warp_sum(x0 * s_lv[c0] + x1 * s_lv[c1]);
+            const double den = tq_cuda_warp_sum((double) s_lv[c0] * s_lv[c0] + (double) s_lv[c1] * s_lv[c1]);
+            if (!changed || !(num > 0.0) || !(den > 0.0)) {
+                break;
+            }
+            const double dn  = num / den;
+            const double e0  = x0 - dn * s_lv[c0];
+            const double e1  = x1 - dn * s_lv[c1];
             const double err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
-            if (err < best_e16 || (best_d16 == 0 && err <= best_e16)) {
-                best_e16 = err;
-                best_d16 = d16;
-                b0       = c0;
-                b1       = c1;
+            if (err < e_fit) {
+                e_fit = err;
+                d_fit = dn;
+            }
+            d = dn;
+        }
+        if (d_fit > 0.0) {
+            const uint16_t d16 = tq_cuda_fp16_bits((float) fmin(d_fit, TQ_CUDA_FP16_MAX));
+            const double   dq  = tq_cuda_fp16_val(d16);
+            if (dq > 0.0) {
+#pragma unroll
+                for (int i = 0; i < n - 1; ++i) {
+                    thr[i] = s_mid[i] * dq;
+                }
+                c0 = tq_cuda_nearest<n>(thr, x0);
+                c1 = tq_cuda_nearest<n>(thr, x1);
+                const double e0 = x0 - dq * s_lv[c0];
+                const double e1 = x1 - dq * s_lv[c1];
+                cand_err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
+                cand_d16 = d16;
             }
         }
     }
+    s_codes[sub][si][lane]      = (uint8_t) c0;
+    s_codes[sub][si][lane + 32] = (uint8_t) c1;
+    if (lane == 0) {
+        s_err[sub][si] = cand_err;
+        s_d16[sub][si] = cand_d16;
+    }
+    tq_cuda_pair_sync(sub);
+    if (si != 0) {
+        return;
+    }
 
-    s_codes[warp][lane]      = (uint8_t) (best_d16 != 0 ? b0 : 0);
-    s_codes[warp][lane + 32] = (uint8_t) (best_d16 != 0 ? b1 : 0);
+    // the CPU's rule, start 0 then start 1: keep a candidate that lowers the error (the first one also on a tie
+    // with the all-zero block's error)
+    double   best_e16 = ss;
+    uint16_t best_d16 = 0;
+    int      best     = -1;
+    for (int k = 0; k < 2; ++k) {
+        const uint16_t d16 = s_d16[sub][k];
+        const double   err = s_err[sub][k];
+        if (d16 != 0 && (err < best_e16 || (best_d16 == 0 && err <= best_e16))) {
+            best_e16 = err;
+            best_d16 = d16;
+            best     = k;
+        }
+    }
+    uint8_t * codes = s_codes[sub][best < 0 ? 0 : best];
+    if (best < 0) {
+        codes[lane]      = 0;
+        codes[lane + 32] = 0;
+    }
     __syncwarp();
+    uint8_t * blk = loc.dst_blk(ib);
     if (lane == 0) {
         blk[0] = (uint8_t) (best_d16 & 0xFF);
         blk[1] = (uint8_t) (best_d16 >> 8);
     }
-    tq_cuda_pack_codes<b>(s_codes[warp], blk + F::qs_off, lane);
+    tq_cuda_pack_codes<b>(codes, blk + F::qs_off, lane);
 }
 
-// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one warp
-// per block. Lane l owns the states s = l + 32*j (their table values live in registers). A step first takes,
-// for the two predecessor groups g = l and l + 32 of its states (s mod 64), the minimum over the K = 2^k
-// states g*K + h (ties: lowest h, remembered for the trace-back), then writes the new costs of its states:
-// cost'(s) = m[s mod 64] + (y - t[s])^2 (weight-0 samples: m). Costs live in shared memory with one float
-// of padding per 32 (conflict-free for both access patterns). Arithmetic, order and tie rules are those
-// of tq-viterbi.inc, so the chosen path is the CPU's.
+// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, two warps
+// (64 threads) per block, so that a decode step, which encodes a handful of blocks, waits for a short chain.
+// Thread t owns predecessor group g = t and the K = 2^k states s = t + 64 j (s mod 64 = g; their table values
+// live in registers). A step takes the minimum over the group's K states g*K + h (ties: lowest h, remembered
+// for the trace-back), then writes the new costs of its own states: cost'(s) = m[s mod 64] + (y - t[s])^2
+// (weight-0 samples: m). Costs are double-buffered in shared memory with one float of padding per 32
+// (conflict-free for both access patterns), one named barrier per step. Arithmetic, order and tie rules are
+// those of tq-viterbi.inc, so the chosen path is the CPU's.
 
-#define TQ_VIT_WARPS 4
+#define TQ_VIT_BLOCKS 2                 // trellis blocks per thread block
+#define TQ_VIT_THREADS 64               // threads per trellis block
 
 template <int k>
 struct tq_vit_smem {
     static constexpr int NS = 1 << (k + 6);
-    float    cost[NS + NS / 32];
+    float    cost[2][NS + NS / 32];
     uint8_t  hb[QK_TQ][64];  // [step][group]: argmin h of the step's predecessor minimum
     float    xv[QK_TQ];      // input block
     float    y[QK_TQ];       // Viterbi target
     uint16_t st[QK_TQ];      // path of the last pass
     uint8_t  code[QK_TQ];    // its k-bit codes
-    int      g_fix;
+    uint64_t w0;             // bit j set: sample j has weight 0 (an outlier slot)
+    float    bc[2];          // end of a free pass: each warp's best cost,
+    int      bp[2];          //   its storage position in tq-viterbi.inc
+    int      bs[2];          //   and its state
+    int      zero;           // the block is all zero (after the outliers)
 };
 
 static __device__ __forceinline__ int tq_vit_pos(const int s) {
     return s + (s >> 5);
 }
+
+
 
 // storage position of state s in tq-viterbi.inc (used for its tie rule at the end of a free pass)
 template <int k>
@@ -521,74 +559,67 @@ static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
 }
 
 // One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set). g_fix < 0: free;
-// else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the best path in ws.st (lane 0 writes).
+// else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the best path in ws.st (thread 0 writes).
+// t: the thread's index in its trellis block (0..63), sub: the trellis block in the thread block.
 template <int k>
-static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[(1 << (k + 6)) / 32], const uint64_t w0,
-                                   const int rot, const int g_fix) {
-    constexpr int K    = 1 << k;
-    constexpr int NS   = K * 64;
-    constexpr int NPL  = NS / 32;  // states per lane
-    const int     lane = threadIdx.x % 32;
+static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[1 << k], const uint64_t w0,
+                                   const int rot, const int g_fix, const int t, const int sub) {
+    constexpr int K = 1 << k;
+    const int     g = t;
 
     {
         const int   i0 = rot;
         const float y0 = ws.y[i0];
         const bool  z0 = (w0 >> i0) & 1;
 #pragma unroll
-        for (int j = 0; j < NPL; ++j) {
-            const int   s = lane + 32 * j;
+        for (int j = 0; j < K; ++j) {
+            const int   s = g + 64 * j;
             const float e = y0 - t_reg[j];
             float       c = z0 ? (0.0f * e) * e : e * e;
-            if (g_fix >= 0 && (s & 63) != g_fix) {
+            if (g_fix >= 0 && g != g_fix) {
                 c = TQ_CUDA_INF;
             }
-            ws.cost[tq_vit_pos(s)] = c;
+            ws.cost[0][tq_vit_pos(s)] = c;
         }
     }
 
+#pragma unroll 1
     for (int i = 1; i < QK_TQ; ++i) {
-        __syncwarp();
-        float m[2];
+        tq_cuda_pair_sync(sub);
+        const float * cur = ws.cost[(i - 1) & 1];
+        float *       nxt = ws.cost[i & 1];
+        float         v   = cur[tq_vit_pos(g * K)];
+        int           hb  = 0;
 #pragma unroll
-        for (int gi = 0; gi < 2; ++gi) {
-            const int g  = lane + 32 * gi;
-            float     v  = ws.cost[tq_vit_pos(g * K)];
-            int       hb = 0;
-#pragma unroll
-            for (int h = 1; h < K; ++h) {
-                const float c = ws.cost[tq_vit_pos(g * K + h)];
-                if (c < v) {
-                    v  = c;
-                    hb = h;
-                }
+        for (int h = 1; h < K; ++h) {
+            const float c = cur[tq_vit_pos(g * K + h)];
+            if (c < v) {
+                v  = c;
+                hb = h;
             }
-            m[gi]        = v;
-            ws.hb[i][g]  = (uint8_t) hb;
         }
-        __syncwarp();
+        ws.hb[i][g] = (uint8_t) hb;
         const int   ii = (i + rot) & (QK_TQ - 1);
         const float yi = ws.y[ii];
         const bool  zi = (w0 >> ii) & 1;
 #pragma unroll
-        for (int j = 0; j < NPL; ++j) {
-            const int   s  = lane + 32 * j;
-            const float mm = m[j & 1];  // (lane + 32 j) mod 64 = lane + 32 (j & 1)
-            const float e  = yi - t_reg[j];
-            ws.cost[tq_vit_pos(s)] = zi ? mm : mm + e * e;
+        for (int j = 0; j < K; ++j) {
+            const float e = yi - t_reg[j];
+            nxt[tq_vit_pos(g + 64 * j)] = zi ? v : v + e * e;
         }
     }
-    __syncwarp();
+    tq_cuda_pair_sync(sub);
+    const float * last = ws.cost[(QK_TQ - 1) & 1];
 
-    int sbest;
     if (g_fix < 0) {
         // min cost, ties: lowest storage position of tq-viterbi.inc
         float bc = TQ_CUDA_INF;
         int   bp = 1 << 30;
         int   bs = 0;
 #pragma unroll
-        for (int j = 0; j < NPL; ++j) {
-            const int   s = lane + 32 * j;
-            const float c = ws.cost[tq_vit_pos(s)];
+        for (int j = 0; j < K; ++j) {
+            const int   s = g + 64 * j;
+            const float c = last[tq_vit_pos(s)];
             const int   p = tq_vit_cpu_pos<k>(s);
             if (c < bc || (c == bc && p < bp)) {
                 bc = c;
@@ -607,70 +638,55 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
                 bs = os;
             }
         }
-        sbest = bs;
-    } else {
-        sbest   = g_fix * K;
-        float v = ws.cost[tq_vit_pos(sbest)];
-        for (int h = 1; h < K; ++h) {
-            const float c = ws.cost[tq_vit_pos(g_fix * K + h)];
-            if (c < v) {
-                v     = c;
-                sbest = g_fix * K + h;
-            }
+        if (t % 32 == 0) {
+            ws.bc[t / 32] = bc;
+            ws.bp[t / 32] = bp;
+            ws.bs[t / 32] = bs;
         }
+        tq_cuda_pair_sync(sub);
     }
 
-    if (lane == 0) {
+    if (t == 0) {
+        int sbest;
+        if (g_fix < 0) {
+            const bool second = ws.bc[1] < ws.bc[0] || (ws.bc[1] == ws.bc[0] && ws.bp[1] < ws.bp[0]);
+            sbest = ws.bs[second ? 1 : 0];
+        } else {
+            sbest   = g_fix * K;
+            float v = last[tq_vit_pos(sbest)];
+            for (int h = 1; h < K; ++h) {
+                const float c = last[tq_vit_pos(g_fix * K + h)];
+                if (c < v) {
+                    v     = c;
+                    sbest = g_fix * K + h;
+                }
+            }
+        }
         int s             = sbest;
         ws.st[QK_TQ - 1] = (uint16_t) s;
         for (int i = QK_TQ - 1; i > 0; --i) {
-            const int g  = s & 63;
-            s            = g * K + ws.hb[i][g];
+            const int gg = s & 63;
+            s            = gg * K + ws.hb[i][gg];
             ws.st[i - 1] = (uint16_t) s;
         }
     }
-    __syncwarp();
+    tq_cuda_pair_sync(sub);
 }
 
-template <ggml_type type, class Loc>
-static __global__ void __launch_bounds__(32 * TQ_VIT_WARPS)
-tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type> tab, const float tmax_f) {
+// preparation as in tq_trellis_quantize_block, by the first warp of a trellis block with warp reductions:
+// lane l holds samples l, l + 32. Writes the outlier slots (and a zero block's scale and stream), ws.w0,
+// ws.zero and the Viterbi target ws.y.
+template <ggml_type type>
+static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<type>::b> & ws, uint8_t * blk,
+                                                      const float tmax_f, const int lane) {
     using F             = tq_cuda_fmt<type>;
-    constexpr int k     = F::b;
-    constexpr int K     = 1 << k;
-    constexpr int NS    = F::ntab;
-    constexpr int NPL   = NS / 32;
     constexpr int n_out = F::n_out;
-
-    __shared__ float             s_tab[NS];
-    __shared__ tq_vit_smem<k>    s_ws[TQ_VIT_WARPS];
-    tq_cuda_load_tab<type>(s_tab, tab);
-    __syncthreads();
-
-    const int     warp = threadIdx.x / 32;
-    const int     lane = threadIdx.x % 32;
-    const int64_t ib   = (int64_t) blockIdx.x * TQ_VIT_WARPS + warp;
-    if (ib >= nblocks) {
-        return;
+    if (lane == 0) {
+        ws.zero = 0;
     }
-    tq_vit_smem<k> & ws = s_ws[warp];
-
-    float t_reg[NPL];
-#pragma unroll
-    for (int j = 0; j < NPL; ++j) {
-        t_reg[j] = s_tab[lane + 32 * j];
-    }
-    const char * xrow = loc.src_row(ib);
-    ws.xv[lane]       = *(const float *) (xrow + lane * loc.nb00);
-    ws.xv[lane + 32]  = *(const float *) (xrow + (lane + 32) * loc.nb00);
-    __syncwarp();
-
-    uint8_t * blk = loc.dst_blk(ib);
-
-    // preparation as in tq_trellis_quantize_block, with warp reductions: lane l holds samples l, l + 32
     const double x0 = tq_cuda_sanitize(ws.xv[lane]);
     const double x1 = tq_cuda_sanitize(ws.xv[lane + 32]);
-    uint64_t w0 = 0;  // bit j set: sample j has weight 0 (an outlier slot)
+    uint64_t w0 = 0;
 #pragma unroll
     for (int o = 0; o < n_out; ++o) {
         // largest |x| not yet taken, ties: the lowest position
@@ -715,6 +731,10 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
         if (lane < F::qs_bytes) {
             blk[F::qs_off + lane] = 0;
         }
+        if (lane == 0) {
+            ws.zero = 1;
+            ws.w0   = w0;
+        }
         return;
     }
     {
@@ -724,13 +744,65 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
         ws.y[lane]        = in0 ? (float) (x0 / d0) : 0.0f;
         ws.y[lane + 32]   = in1 ? (float) (x1 / d0) : 0.0f;
     }
-    __syncwarp();
+
+    if (lane == 0) {
+        ws.w0 = w0;
+    }
+}
+
+template <ggml_type type, class Loc>
+static __global__ void __launch_bounds__(TQ_VIT_BLOCKS * TQ_VIT_THREADS)
+tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type> tab, const float tmax_f) {
+    using F             = tq_cuda_fmt<type>;
+    constexpr int k     = F::b;
+    constexpr int K     = 1 << k;
+    constexpr int NS    = F::ntab;
+    static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
+
+    __shared__ float             s_tab[NS];
+    __shared__ tq_vit_smem<k>    s_ws[TQ_VIT_BLOCKS];
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+
+    const int     sub  = threadIdx.x / TQ_VIT_THREADS;
+    const int     t    = threadIdx.x % TQ_VIT_THREADS;
+    const int     lane = threadIdx.x % 32;
+    const int64_t ib   = (int64_t) blockIdx.x * TQ_VIT_BLOCKS + sub;
+    if (ib >= nblocks) {
+        return;  // both warps of the trellis block
+    }
+    tq_vit_smem<k> & ws = s_ws[sub];
+
+    float t_reg[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        t_reg[j] = s_tab[t + 64 * j];
+    }
+    const char * xrow = loc.src_row(ib);
+    ws.xv[t]          = *(const float *) (xrow + t * loc.nb00);
+    tq_cuda_pair_sync(sub);
+
+    uint8_t * blk = loc.dst_blk(ib);
+    if (t < 32) {
+        tq_vit_prepare<type>(ws, blk, tmax_f, lane);
+    }
+    tq_cuda_pair_sync(sub);
+    if (ws.zero) {
+        return;
+    }
+    const uint64_t w0 = ws.w0;
 
     // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
-    tq_vit_pass<k>(ws, t_reg, w0, QK_TQ / 2, -1);
+    tq_vit_pass<k>(ws, t_reg, w0, QK_TQ / 2, -1, t, sub);
     const int g_fix = ws.st[QK_TQ / 2] & 63;
-    __syncwarp();
-    tq_vit_pass<k>(ws, t_reg, w0, 0, g_fix);
+    tq_vit_pass<k>(ws, t_reg, w0, 0, g_fix, t, sub);
+    if (t >= 32) {
+        return;
+    }
+    const bool in0 = !((w0 >> lane) & 1);
+    const bool in1 = !((w0 >> (lane + 32)) & 1);
+    const double x0 = tq_cuda_sanitize(ws.xv[lane]);
+    const double x1 = tq_cuda_sanitize(ws.xv[lane + 32]);
 
     // the stream, then the least-squares scale of the path with the states decoded from the stream as
     // the CPU does (state_j = stream bits [j*k, j*k + L), circular)
@@ -746,8 +818,8 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
         const int j = lane + 32 * h;
         unsigned  st = 0;
 #pragma unroll
-        for (int t = 0; t * k < F::L; ++t) {
-            st |= (unsigned) ws.code[(j + t) & (QK_TQ - 1)] << (t * k);
+        for (int u = 0; u * k < F::L; ++u) {
+            st |= (unsigned) ws.code[(j + u) & (QK_TQ - 1)] << (u * k);
         }
         const double tv = s_tab[st & (NS - 1)];
         if (h == 0 ? in0 : in1) {
@@ -781,14 +853,14 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
         for (int i = 0; i < F::ntab; ++i) {
             tmax = fmaxf(tmax, fabsf(tab.v[i]));
         }
-        const int64_t nb = (nblocks + TQ_VIT_WARPS - 1) / TQ_VIT_WARPS;
+        const int64_t nb = (nblocks + TQ_VIT_BLOCKS - 1) / TQ_VIT_BLOCKS;
         GGML_ASSERT(nb <= INT32_MAX);
-        tq_k_encode_trellis<type, Loc><<<(unsigned) nb, 32 * TQ_VIT_WARPS, 0, stream>>>(loc, nblocks, tab, tmax);
+        tq_k_encode_trellis<type, Loc><<<(unsigned) nb, TQ_VIT_BLOCKS * TQ_VIT_THREADS, 0, stream>>>(loc, nblocks, tab, tmax);
     } else {
-        const int64_t nb = (nblocks + TQ_CB_WARPS - 1) / TQ_CB_WARPS;
+        const int64_t nb = (nblocks + TQ_CB_BLOCKS - 1) / TQ_CB_BLOCKS;
         GGML_ASSERT(nb <= INT32_MAX);
         tq_k_encode_codebook<type, Loc>
-            <<<(unsigned) nb, 32 * TQ_CB_WARPS, 0, stream>>>(loc, nblocks, tq_cuda_host_cb_params<type>());
+            <<<(unsigned) nb, 64 * TQ_CB_BLOCKS, 0, stream>>>(loc, nblocks, tq_cuda_host_cb_params<type>());
     }
     CUDA_CHECK(cudaGetLastError());
 }

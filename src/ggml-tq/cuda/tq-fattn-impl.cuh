@@ -25,17 +25,41 @@ static __device__ __forceinline__ uint64_t tq_fa_bits64(const uint8_t * __restri
     return w >> (8 * (byte & 1));
 }
 
+// 32 stream bits of a block starting at byte `byte` (circular, as tq_fa_bits64); for even `byte` (types of
+// 2 or 4 bits) the third word folds away
+template <int qs_bytes>
+static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * __restrict__ qs, const int byte) {
+    constexpr int    n16 = qs_bytes / 2;
+    const uint16_t * q16 = (const uint16_t *) qs;
+    const int        a   = byte >> 1;
+    const int        a1  = a + 1 >= n16 ? a + 1 - n16 : a + 1;
+    const uint32_t   lo  = (uint32_t) q16[a] | (uint32_t) q16[a1] << 16;
+    if (byte & 1) {
+        const int a2 = a1 + 1 >= n16 ? a1 + 1 - n16 : a1 + 1;
+        return __funnelshift_r(lo, (uint32_t) q16[a2], 8);
+    }
+    return lo;
+}
+
 // The 8 values [i0, i0 + 8) of a V block (i0 a multiple of 8), decoded in registers.
 template <ggml_type type_V>
 static __device__ __forceinline__ void tq_fa_decode_v8(const uint8_t * __restrict__ blk, const int i0,
                                                        const float * __restrict__ s_vtab, float (&v)[8]) {
     using F = tq_cuda_fmt<type_V>;
     const float    d = __half2float(*(const half *) blk);
-    const uint64_t w = tq_fa_bits64<F::qs_bytes>(blk + F::qs_off, i0 * F::b / 8);
     constexpr int  width = F::trellis ? F::L : F::b;  // trellis: state window; codebook: the code
+    if constexpr (7 * F::b + width <= 32) {              // the 8 windows fit one 32-bit word
+        const uint32_t w = tq_fa_bits32<F::qs_bytes>(blk + F::qs_off, i0 * F::b / 8);
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-        v[i] = d * s_vtab[(unsigned) (w >> (F::b * i)) & ((1u << width) - 1u)];
+        for (int i = 0; i < 8; ++i) {
+            v[i] = d * s_vtab[(w >> (F::b * i)) & ((1u << width) - 1u)];
+        }
+    } else {
+        const uint64_t w = tq_fa_bits64<F::qs_bytes>(blk + F::qs_off, i0 * F::b / 8);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+            v[i] = d * s_vtab[(unsigned) (w >> (F::b * i)) & ((1u << width) - 1u)];
+        }
     }
     if constexpr (F::n_out > 0) {
         const half *    od = (const half *) (blk + 2);
@@ -54,27 +78,36 @@ static __device__ __forceinline__ void tq_fa_decode_v8(const uint8_t * __restric
 }
 
 // copies the bytes of n_rows rows (R 16-bit words each, row stride `stride` bytes) into dst, rows past n_rows
-// zeroed; loads are issued CH at a time before their stores so that many are in flight
+// zeroed. Thread t always moves word t % R of rows t / R + RP * j: its source and destination advance by a
+// fixed step per pass, so a word costs a load, a store and an add (per-element index arithmetic cost more than
+// the loads themselves); loads are issued CH passes at a time before their stores so that many are in flight.
 template <int R, int TILE>
 static __device__ __forceinline__ void tq_fa_stage(uint16_t * __restrict__ dst, const char * __restrict__ src,
-                                                   const int64_t stride, const int n_rows, const int tid) {
-    constexpr int N   = TILE * R;
-    constexpr int PER = (N + TQ_FA_NTHREADS - 1) / TQ_FA_NTHREADS;
-    constexpr int CH  = PER < 8 ? PER : 8;
-#pragma unroll 1
-    for (int j0 = 0; j0 < PER; j0 += CH) {
+                                                   const int stride, const int n_rows, const int tid) {
+    static_assert(R <= TQ_FA_NTHREADS, "a row must fit one pass");
+    constexpr int RP = TQ_FA_NTHREADS / R;  // rows per pass
+    constexpr int NP = (TILE + RP - 1) / RP;
+    constexpr int CH = NP < 8 ? NP : 8;
+    const int     r0 = tid / R;
+    if (r0 >= RP) {
+        return;
+    }
+    const int    w     = tid - r0 * R;
+    const int    pstep = RP * stride;
+    const char * s     = src + r0 * stride + 2 * w;
+    uint16_t *   d     = dst + r0 * R + w;
+#pragma unroll
+    for (int p0 = 0; p0 < NP; p0 += CH) {
         uint16_t tmp[CH];
 #pragma unroll
         for (int j = 0; j < CH; ++j) {
-            const int idx = tid + TQ_FA_NTHREADS * (j0 + j);
-            const int r   = idx / R;
-            tmp[j] = idx < N && r < n_rows ? ((const uint16_t *) (src + r * stride))[idx % R] : (uint16_t) 0;
+            const int r = r0 + RP * (p0 + j);
+            tmp[j] = p0 + j < NP && r < n_rows ? *(const uint16_t *) (s + (p0 + j) * pstep) : (uint16_t) 0;
         }
 #pragma unroll
         for (int j = 0; j < CH; ++j) {
-            const int idx = tid + TQ_FA_NTHREADS * (j0 + j);
-            if (idx < N) {
-                dst[idx] = tmp[j];
+            if (p0 + j < NP && r0 + RP * (p0 + j) < TILE) {
+                d[(p0 + j) * RP * R] = tmp[j];
             }
         }
     }
@@ -166,8 +199,8 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 
     for (int kv0 = kv_begin; kv0 < kv_end; kv0 += TILE) {
         const int n_rows = min(TILE, kv_end - kv0);
-        tq_fa_stage<RK, TILE>(s_kraw, K + (int64_t) kv0 * p.nb11, p.nb11, n_rows, tid);
-        tq_fa_stage<RV, TILE>(s_vraw, V + (int64_t) kv0 * p.nb21, p.nb21, n_rows, tid);
+        tq_fa_stage<RK, TILE>(s_kraw, K + (int64_t) kv0 * p.nb11, (int) p.nb11, n_rows, tid);
+        tq_fa_stage<RV, TILE>(s_vraw, V + (int64_t) kv0 * p.nb21, (int) p.nb21, n_rows, tid);
         __syncthreads();
 
         // ---- scores: Q·K from the codes ----
@@ -256,13 +289,14 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             float       sum   = 0.0f;
 #pragma unroll
             for (int i = 0; i < TILE / WARP_SIZE; ++i) {
-                const float e = expf(s[i] - m_new);
+                const float e = __expf(s[i] - m_new);
                 s_kq[c][lane + WARP_SIZE * i] = e;
                 sum += e;
             }
             sum = warp_reduce_sum(sum);
+            __syncwarp();  // every lane has read s_m[c] (m_old) before lane 0 replaces it
             if (lane == 0) {
-                const float resc = expf(m_old - m_new);
+                const float resc = __expf(m_old - m_new);
                 s_m[c]    = m_new;
                 s_l[c]    = s_l[c] * resc + sum;
                 s_resc[c] = resc;

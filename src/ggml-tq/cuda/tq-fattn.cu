@@ -64,7 +64,7 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
     if (K->ne[0] != D || V->ne[0] != D || Q->type != GGML_TYPE_F32 || dst->type != GGML_TYPE_F32 ||
         Q->nb[0] != sizeof(float) || Q->ne[1] > TQ_FA_MAX_TOK || Q->ne[2] % K->ne[2] != 0 ||
         K->ne[2] != V->ne[2] || K->ne[3] != Q->ne[3] || V->ne[3] != Q->ne[3] || K->ne[1] != V->ne[1] ||
-        K->ne[1] > INT32_MAX / 2 || Q->ne[3] > 65535) {
+        K->ne[1] > INT32_MAX / 2 || Q->ne[3] > 65535 || K->nb[1] > INT32_MAX / 512 || V->nb[1] > INT32_MAX / 512) {
         return false;
     }
     // a head's blocks are contiguous, and the kernel reads them as 16-bit words (shape-only checks: the answer
@@ -82,30 +82,87 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
     return tq_fattn_pick((int) D, K->type, V->type, std::min(tq_fattn_n_col(dst), TQ_FA_MAX_COLS)) != nullptr;
 }
 
-// merges the n_split partial results of each output row (one block per row, one thread per element)
-static __global__ void tq_k_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ part_ml,
-                                          const float * __restrict__ sinks, float * __restrict__ dst, const int D,
-                                          const int n_rows, const int n_split, const int n_head) {
-    const int64_t o = blockIdx.x;
-    const int     e = threadIdx.x;
+#define TQ_FA_COMBINE_THREADS 256
+
+// merges the n_split partial results of each output row: one block per row. The weights exp(m_s - m) of the
+// splits are computed in parallel (one split per thread) into shared memory; then thread (g, e) sums the
+// splits g, g + G, ... of element e with independent loads, and the G partial sums meet in shared memory.
+static __global__ void __launch_bounds__(TQ_FA_COMBINE_THREADS)
+tq_k_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ part_ml,
+                   const float * __restrict__ sinks, float * __restrict__ dst, const int D, const int n_rows,
+                   const int n_split, const int n_head) {
+    extern __shared__ float s_mem[];  // [n_split] weights, then [TQ_FA_COMBINE_THREADS] partial sums
+    __shared__ float s_red[TQ_FA_COMBINE_THREADS / WARP_SIZE];
+    __shared__ float s_m;
+    __shared__ float s_l;
+    float * s_w   = s_mem;
+    float * s_acc = s_mem + n_split;
+
+    const int64_t o    = blockIdx.x;
+    const int     tid  = threadIdx.x;
+    const int     lane = tid % WARP_SIZE;
+    const int     warp = tid / WARP_SIZE;
+    constexpr int NW   = TQ_FA_COMBINE_THREADS / WARP_SIZE;
+
     float m = -FLT_MAX / 2.0f;
-    for (int s = 0; s < n_split; ++s) {
+    for (int s = tid; s < n_split; s += TQ_FA_COMBINE_THREADS) {
         m = fmaxf(m, part_ml[(int64_t) s * n_rows + o].x);
     }
-    float sink = 0.0f;
-    if (sinks) {
-        sink = sinks[o % n_head];
-        m    = fmaxf(m, sink);
+    m = warp_reduce_max(m);
+    if (lane == 0) {
+        s_red[warp] = m;
     }
-    float l   = sinks ? expf(sink - m) : 0.0f;
-    float acc = 0.0f;
-    for (int s = 0; s < n_split; ++s) {
+    __syncthreads();
+    if (tid == 0) {
+        float mm = s_red[0];
+        for (int w = 1; w < NW; ++w) {
+            mm = fmaxf(mm, s_red[w]);
+        }
+        if (sinks) {
+            mm = fmaxf(mm, sinks[o % n_head]);
+        }
+        s_m = mm;
+    }
+    __syncthreads();
+    m = s_m;
+
+    float l = 0.0f;
+    for (int s = tid; s < n_split; s += TQ_FA_COMBINE_THREADS) {
         const float2 ml = part_ml[(int64_t) s * n_rows + o];
         const float  f  = expf(ml.x - m);
+        s_w[s] = f;
         l += f * ml.y;
-        acc += f * part[((int64_t) s * n_rows + o) * D + e];
     }
-    dst[o * D + e] = l > 0.0f ? acc / l : 0.0f;
+    l = warp_reduce_sum(l);
+    __syncthreads();  // s_red is reused, s_w is complete
+    if (lane == 0) {
+        s_red[warp] = l;
+    }
+    __syncthreads();
+    if (tid == 0) {
+        float ll = sinks ? expf(sinks[o % n_head] - m) : 0.0f;
+        for (int w = 0; w < NW; ++w) {
+            ll += s_red[w];
+        }
+        s_l = ll;
+    }
+
+    const int G = TQ_FA_COMBINE_THREADS / D;  // D divides the block (64, 128 or 256)
+    const int g = tid / D;
+    const int e = tid % D;
+    float     acc = 0.0f;
+#pragma unroll 8
+    for (int s = g; s < n_split; s += G) {
+        acc += s_w[s] * part[((int64_t) s * n_rows + o) * D + e];
+    }
+    s_acc[tid] = acc;
+    __syncthreads();
+    if (tid < D) {
+        for (int gg = 1; gg < G; ++gg) {
+            acc += s_acc[gg * D + tid];
+        }
+        dst[o * D + tid] = s_l > 0.0f ? acc / s_l : 0.0f;
+    }
 }
 
 void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
@@ -155,15 +212,15 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.nb31 = mask ? mask->nb[1] : 0;
     p.nb33 = mask ? mask->nb[3] : 0;
 
-    // split the KV rows over blocks until the GPU has a few blocks per SM; at least 4 tiles per split
+    // split the KV rows over blocks until the GPU has about 6 blocks per SM (a block keeps its 4 warps busy
+    // only between its barriers: several blocks per SM hide each other's latency); a split is whole tiles
     const int nsm        = ggml_cuda_info().devices[ctx.device].nsm;
+    const int tile       = tq_fa_tile(D);
     const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
     const int want_split = std::max(1, (6 * nsm + base - 1) / base);
-    const int min_rows   = 4 * tq_fa_tile(D);
-    int kv_per_split     = (p.n_kv + want_split - 1) / want_split;
-    kv_per_split         = std::max(min_rows, (kv_per_split + tq_fa_tile(D) - 1) / tq_fa_tile(D) * tq_fa_tile(D));
-    p.kv_per_split       = kv_per_split;
-    p.n_split            = std::max(1, (p.n_kv + kv_per_split - 1) / kv_per_split);
+    const int n_tiles    = (p.n_kv + tile - 1) / tile;
+    p.kv_per_split       = std::max(1, (n_tiles + want_split - 1) / want_split) * tile;
+    p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);
 
     cudaStream_t stream = ctx.stream();
     ggml_cuda_pool_alloc<float>  part(ctx.pool());
@@ -180,8 +237,9 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     launch(p, stream);
 
     if (p.n_split > 1) {
-        tq_k_fattn_combine<<<p.n_rows, D, 0, stream>>>(p.part, p.part_ml, p.sinks, p.dst, D, p.n_rows, p.n_split,
-                                                      p.n_head);
+        const size_t smem = (size_t) (p.n_split + TQ_FA_COMBINE_THREADS) * sizeof(float);
+        tq_k_fattn_combine<<<p.n_rows, TQ_FA_COMBINE_THREADS, smem, stream>>>(p.part, p.part_ml, p.sinks, p.dst, D,
+                                                                             p.n_rows, p.n_split, p.n_head);
         CUDA_CHECK(cudaGetLastError());
     }
 }
