@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "formats"))
 
 import reference as R  # noqa: E402
+
 from conftest import TQLib, build_library  # noqa: E402
 
 

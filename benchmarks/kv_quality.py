@@ -99,11 +99,17 @@ def f16_model(out_dir: Path, threads: int) -> Path:
     return path
 
 
+TQ_ENV = ("LLAMA_TQ_K_MEANS", "LLAMA_TQ_K_LAYERS", "LLAMA_TQ_V_LAYERS")
+
+
 def perplexity(model: Path, text: Path, type_k: str, type_v: str, args, extra: list[str],
-               k_means: Path | None = None) -> tuple[str, float]:
-    env = {k: v for k, v in os.environ.items() if k != "LLAMA_TQ_K_MEANS"}
+               k_means: Path | None = None, env_extra: dict[str, str] | None = None) -> tuple[str, float]:
+    """One llama-perplexity run; the llama-tq variables of the caller's environment are dropped, so only
+    k_means and env_extra apply."""
+    env = {k: v for k, v in os.environ.items() if k not in TQ_ENV}
     if k_means is not None:
         env["LLAMA_TQ_K_MEANS"] = str(k_means)
+    env.update(env_extra or {})
     cmd = ["-m", str(model), "-f", str(text), "-c", str(args.ctx), "-b", str(args.ctx), "-ub", str(args.ubatch),
            "--chunks", str(args.chunks), "-fa", "on", "-ctk", type_k, "-ctv", type_v, "-t", str(args.threads),
            *extra]

@@ -8,6 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 import reference as R
+
 from conftest import CC, SRC, c_sources
 
 EXPECTED_BITS = {

@@ -18,6 +18,7 @@ from hypothesis.extra.numpy import arrays
 from llama_tq import codecs
 
 from ..tiny_models import write_tiny_llama
+from .logits import kld
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "formats"))
@@ -153,16 +154,6 @@ def test_head_dims_64_128_256_run(core, model_path, tmp_path, head_dim):
         out = core.Context(tiny, n_ctx=256, type_k=type_k, type_v=type_v, flash_attn=True).decode(tokens)
         assert np.all(np.isfinite(out))
         assert np.abs(out - ref).max() < 0.5 * np.abs(ref).max()
-
-
-def kld(p_logits: np.ndarray, q_logits: np.ndarray) -> float:
-    """Mean KL(P || Q) over positions, from logits."""
-    def log_softmax(x):
-        x = x.astype(np.float64) - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-    lp, lq = log_softmax(p_logits), log_softmax(q_logits)
-    return float(np.mean(np.sum(np.exp(lp) * (lp - lq), axis=1)))
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ from llama_tq.calibrate.k_means import (
     write_means,
 )
 
+from .logits import kld
+
 N_CTX = 512
 TEXT = Path(__file__).resolve().parents[3] / "shared" / "data" / "brown.txt"
 
@@ -40,14 +42,6 @@ def _text(start: int, n_chars: int) -> str:
     rng = np.random.default_rng(start)
     words = ["the", "of", "and", "a", "in", "was", "he", "that", "it", "his", "for", "on", "with", "as"]
     return " ".join(rng.choice(words, n_chars // 4))
-
-
-def _kld(ref: np.ndarray, test: np.ndarray) -> float:
-    lp = ref - ref.max(1, keepdims=True)
-    lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-    lq = test - test.max(1, keepdims=True)
-    lq -= np.log(np.exp(lq).sum(1, keepdims=True))
-    return float((np.exp(lp) * (lp - lq)).sum(1).mean())
 
 
 @pytest.fixture
@@ -203,15 +197,15 @@ def test_attention_does_not_move(core, model, tokens, k_means_file, env_k_means,
     off = _logits(core, model, tokens, "f16", shift)
     env_k_means(k_means_file)
     on = _logits(core, model, tokens, "f16", shift)
-    assert _kld(off, on) < 0.02
+    assert kld(off, on) < 0.02
 
 
 def test_ktq2_gets_closer_to_f16(core, model, tokens, k_means_file, env_k_means) -> None:
     env_k_means(None)
     ref = _logits(core, model, tokens, "f16", False)
-    plain = _kld(ref, _logits(core, model, tokens, "ktq2", False))
+    plain = kld(ref, _logits(core, model, tokens, "ktq2", False))
     env_k_means(k_means_file)
-    centered = _kld(ref, _logits(core, model, tokens, "ktq2", False))
+    centered = kld(ref, _logits(core, model, tokens, "ktq2", False))
     assert centered < 0.85 * plain, (plain, centered)
 
 
@@ -291,9 +285,9 @@ def test_context_shift_of_a_rotated_cache(core, model, tokens, k_means_file, env
     cache stays closer to f16 than without (a wrong add-back would put a position-dependent offset on K)."""
     env_k_means(None)
     ref = _logits(core, model, tokens, "f16", True)
-    plain = _kld(ref, _logits(core, model, tokens, "ktq4", True))
+    plain = kld(ref, _logits(core, model, tokens, "ktq4", True))
     env_k_means(k_means_file)
-    centered = _kld(ref, _logits(core, model, tokens, "ktq4", True))
+    centered = kld(ref, _logits(core, model, tokens, "ktq4", True))
     assert centered < plain, (plain, centered)
 
 
