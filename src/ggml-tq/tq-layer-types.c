@@ -40,6 +40,11 @@ static int tq_layer_index(const char * s, size_t len, int n_layer) {
     if (len == 0 || len >= sizeof(buf)) {
         return -1;
     }
+    for (size_t i = 0; i < len; ++i) {  // digits and one leading '-' only (strtol would also take ' ' and '+')
+        if (!(s[i] >= '0' && s[i] <= '9') && !(i == 0 && s[i] == '-' && len > 1)) {
+            return -1;
+        }
+    }
     memcpy(buf, s, len);
     buf[len] = '\0';
     char * end = NULL;
@@ -130,10 +135,31 @@ int tq_layer_types_parse(const char * spec, const int n_layer, enum ggml_type * 
                 for (int il = a; il <= b; ++il) {
                     types[il] = type;
                 }
+                if (item_end + 1 == eq) {  // "0,=TYPE"
+                    return tq_fail(err, err_size, rule, rule_len, "'' is not a layer of this model");
+                }
                 item = item_end < eq ? item_end + 1 : eq;
             }
         }
         rule = rule_end ? rule_end + 1 : rule + rule_len;
     }
     return 0;
+}
+
+bool tq_layer_types_any_quantized(const char * spec, const int n_layer) {
+    if (!spec || !*spec || n_layer <= 0) {
+        return false;
+    }
+    enum ggml_type * types = malloc((size_t) n_layer * sizeof(*types));
+    if (!types) {
+        return false;
+    }
+    bool any = false;
+    if (tq_layer_types_parse(spec, n_layer, types, NULL, 0) == 0) {
+        for (int il = 0; il < n_layer && !any; ++il) {
+            any = types[il] != GGML_TYPE_COUNT && ggml_is_quantized(types[il]);
+        }
+    }
+    free(types);
+    return any;
 }

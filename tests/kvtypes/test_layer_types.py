@@ -130,8 +130,10 @@ def test_protected_layers_move_towards_f16(core, model, tokens, layer_env) -> No
         ("q8_0", None, "rule 'q8_0': expected LAYERS=TYPE"),
         ("=q8_0", None, "rule '=q8_0': no layers before '='"),
         ("4=", None, "no cache type after '='"),
+        ("0,=q8_0", None, "'' is not a layer"),
+        ("+1=q8_0", None, "'+1' is not a layer"),
+        (" 1=q8_0", None, "' 1' is not a layer"),
         ("0=vtq2", None, "layer 0: vtq2_2 is a V-cache type"),
-        (None, "7=ktq2", "layer 7: ktq2 is a K-cache type"),
     ],
 )
 def test_bad_rules_are_refused(core, model, layer_env, k_spec, v_spec, message) -> None:
@@ -143,7 +145,26 @@ def test_bad_rules_are_refused(core, model, layer_env, k_spec, v_spec, message) 
 
 
 def test_quantized_v_layer_needs_flash_attention(core, model, layer_env) -> None:
+    """As a quantized -ctv does: flash attention 'auto' turns on, 'off' is refused."""
     layer_env(None, "0=q8_0")
     with pytest.raises(RuntimeError) as e:
         core.Context(model, n_ctx=N_CTX, type_k="f16", type_v="f16", flash_attn=False)
-    assert "only with flash attention" in str(e.value)
+    assert "quantized V cache requires flash_attn" in str(e.value)
+    ctx = core.Context(model, n_ctx=N_CTX, type_k="f16", type_v="f16", flash_attn="auto")
+    n_layer = model.info["n_layer"]
+    assert ctx.memory_bytes() == _kv_bytes(core, model, ["f16"] * n_layer, ["q8_0"] + ["f16"] * (n_layer - 1),
+                                           ctx.n_ctx)
+
+
+def test_head_size_must_hold_whole_blocks(core, model_path, tmp_path, layer_env) -> None:
+    """A block type whose block does not divide a layer's head size is refused for that layer (any quantized
+    type, not only ours): a tiny llama with heads of 48 values and q8_0 (blocks of 32) on layer 1."""
+    from ..tiny_models import write_tiny_llama
+
+    path = tmp_path / "hd48.gguf"
+    write_tiny_llama(path, model_path, head_dim=48)
+    tiny = core.Model(str(path))
+    layer_env("1=q8_0")
+    with pytest.raises(RuntimeError) as e:
+        core.Context(tiny, n_ctx=N_CTX, type_k="f16", type_v="f16", flash_attn=True)
+    assert "layer 1: q8_0 needs a head size that is a multiple of 32, this layer's is 48" in str(e.value)
