@@ -7,6 +7,8 @@ same K/V width). Prints a table, writes it (markdown + JSON) and a PNG to --out.
 
     # one run per layer: layer i's K at f16, every other layer ktq2 (V f16): where the K error hurts
     python benchmarks/layer_protection.py --sweep-k f16 --base ktq2/f16 --chunks 4
+    # the same for V: layer i's V at f16, every other layer vtq2 (K ktq4)
+    python benchmarks/layer_protection.py --sweep-v f16 --base ktq4/vtq2 --chunks 4
     # configurations, '|'-separated: "K/V [k:RULES] [v:RULES]" (RULES as in the variables)
     python benchmarks/layer_protection.py --configs "ktq2/vtq2|ktq2/vtq2 k:0,-1=q8_0"
     # the same with K centering (a file from `tq-calibrate k-means`) in every configuration
@@ -135,7 +137,8 @@ def main() -> int:
     p.add_argument("--model", type=Path, help="GGUF (default: the SmolLM2-135M test model, as F16 weights)")
     p.add_argument("--configs", help="'|'-separated configurations 'K/V [k:RULES] [v:RULES]'")
     p.add_argument("--sweep-k", metavar="TYPE", help="one configuration per layer: that layer's K at TYPE")
-    p.add_argument("--base", default="ktq2/f16", help="K/V of the sweep's other layers (default ktq2/f16)")
+    p.add_argument("--sweep-v", metavar="TYPE", help="one configuration per layer: that layer's V at TYPE")
+    p.add_argument("--base", default="ktq2/f16", help="K/V of a sweep's other layers (default ktq2/f16)")
     p.add_argument("--n-layer", type=int, default=N_LAYER_DEFAULT)
     p.add_argument("--chunks", type=int, default=20)
     p.add_argument("--ctx", type=int, default=512)
@@ -146,12 +149,14 @@ def main() -> int:
     p.add_argument("--reuse-base", action="store_true",
                    help="reuse the f16 logits of an earlier run in --out (same model, text and --chunks)")
     args = p.parse_args()
-    if bool(args.configs) == bool(args.sweep_k):
-        p.error("give --configs or --sweep-k")
+    if sum(map(bool, (args.configs, args.sweep_k, args.sweep_v))) != 1:
+        p.error("give one of --configs, --sweep-k, --sweep-v")
+    sweep = args.sweep_k or args.sweep_v
+    side = "k" if args.sweep_k else "v"
 
-    if args.sweep_k:
+    if sweep:
         configs = [Config.parse(args.base, args.n_layer)]
-        configs += [Config.parse(f"{args.base} k:{il}={args.sweep_k}", args.n_layer) for il in range(args.n_layer)]
+        configs += [Config.parse(f"{args.base} {side}:{il}={sweep}", args.n_layer) for il in range(args.n_layer)]
     else:
         configs = [Config.parse(c.strip(), args.n_layer) for c in args.configs.split("|") if c.strip()]
 
@@ -177,11 +182,11 @@ def main() -> int:
     table = format_table(configs)
     print(title)
     print(table)
-    name = "sweep" if args.sweep_k else "configs"
+    name = f"sweep-{side}" if sweep else "configs"
     (args.out / f"{name}.md").write_text(f"{title}\n\n{table}\n")
     (args.out / f"{name}.json").write_text(json.dumps(
         [asdict(c) | {"label": c.label, "bits_k": c.bits("k"), "bits_v": c.bits("v")} for c in configs], indent=1))
-    plot(configs, args.out / f"{name}.png", title, sweep=bool(args.sweep_k))
+    plot(configs, args.out / f"{name}.png", title, sweep=bool(sweep))
     print(f"wrote {args.out / name}.md, .json and .png")
     return 0
 
