@@ -33,19 +33,10 @@ N_LAYER_DEFAULT = 30  # SmolLM2-135M
 
 
 def layer_types(base: str, rules: str | None, n_layer: int) -> list[str]:
-    """The type of every layer under RULES (the syntax of src/ggml-tq/tq-layer-types.h)."""
-    types = [base] * n_layer
-    for rule in (rules or "").split(";"):
-        if not rule:
-            continue
-        layers, _, type_name = rule.partition("=")
-        for item in layers.split(","):
-            dash = item.find("-", 1)
-            a, b = (item[:dash], item[dash + 1:]) if dash > 0 else (item, item)
-            lo, hi = (int(x) % n_layer if int(x) < 0 else int(x) for x in (a, b))
-            for il in range(lo, hi + 1):
-                types[il] = type_name
-    return types
+    """The type of every layer under RULES, by the runtime's own parser (src/ggml-tq/tq-layer-types.c)."""
+    from llama_tq import _core
+
+    return [t or base for t in _core.layer_types(rules or "", n_layer)]
 
 
 @dataclass

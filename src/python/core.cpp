@@ -14,6 +14,7 @@
 #include "llama.h"
 #include "tq-ggml.h"
 #include "tq-k-means.h"
+#include "tq-layer-types.h"
 
 #include <algorithm>
 #include <cstring>
@@ -590,6 +591,28 @@ py::array_t<float> vec_dot_rows(const std::string & name, const u8_array & data,
     return out;
 }
 
+// per-layer cache types of a LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS rule string: the type name of every layer, None
+// where no rule names it (the parser the runtime uses, tq-layer-types.h); ValueError with the reason
+py::list layer_types(const std::string & spec, int n_layer) {
+    if (n_layer <= 0) {
+        throw py::value_error("n_layer must be positive");
+    }
+    std::vector<ggml_type> types((size_t) n_layer);
+    char                   err[256] = {};
+    if (tq_layer_types_parse(spec.c_str(), n_layer, types.data(), err, sizeof(err)) != 0) {
+        throw py::value_error(err);
+    }
+    py::list out;
+    for (const ggml_type t : types) {
+        if (t == GGML_TYPE_COUNT) {
+            out.append(py::none());
+        } else {
+            out.append(py::str(ggml_type_name(t)));
+        }
+    }
+    return out;
+}
+
 py::dict type_info(const std::string & name) {
     const ggml_type type = any_type_from_name(name);
     py::dict        d;
@@ -695,6 +718,8 @@ PYBIND11_MODULE(_core, m) {
           "Decode uint8 rows [n_rows, row_size] of a ggml type to float32 [n_rows, n_per_row]");
     m.def("vec_dot", &vec_dot_rows, py::arg("type"), py::arg("data"), py::arg("y"),
           "ggml's CPU dot product of every quantized row with the float vector y");
+    m.def("layer_types", &layer_types, py::arg("spec"), py::arg("n_layer"),
+          "The cache type of every layer under a LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS rule string (None: not named)");
     m.def("type_info", &type_info, py::arg("type"), "Block size, bytes per block and bits per element of a type");
     m.def("rope_position_mean", &rope_position_mean, py::arg("mu"), py::arg("n_rot"), py::arg("neox"),
           py::arg("freq_base"), py::arg("freq_scale"), py::arg("n_pos"),

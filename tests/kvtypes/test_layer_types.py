@@ -1,6 +1,7 @@
 """Per-layer cache types (LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS, src/ggml-tq/tq-layer-types.h).
 
-The checks: the cache allocates each layer at its own type (bytes counted from the types' block sizes);
+The checks: the rule parser against an independent reference (and any string: a result or a reason); the
+cache allocates each layer at its own type (bytes counted from the types' block sizes);
 attention reads each layer at its own type (every layer overridden gives the other type's logits, the
 first and last layer at f16 move a ktq2 cache towards f16); an f16 cache with ktq2 layers turns on the
 rotation those need; bad rules are refused at context creation with a message that names the problem.
@@ -61,6 +62,45 @@ def _kv_bytes(core, model, types_k: list[str], types_v: list[str], n_ctx: int) -
 def _logits(core, model, tokens, type_k: str, type_v: str) -> np.ndarray:
     ctx = core.Context(model, n_ctx=N_CTX, n_batch=N_CTX, type_k=type_k, type_v=type_v, flash_attn=True)
     return ctx.decode(tokens)
+
+
+def _reference_layer_types(rules: list[tuple[list[tuple[int, int]], str]], n_layer: int) -> list[str | None]:
+    """Independent reference of the rule semantics: ranges inclusive, negative from the end, later rules win."""
+    out: list[str | None] = [None] * n_layer
+    for ranges, type_name in rules:
+        for a, b in ranges:
+            lo, hi = (x + n_layer if x < 0 else x for x in (a, b))
+            for il in range(lo, hi + 1):
+                out[il] = type_name
+    return out
+
+
+def _as_text(rules: list[tuple[list[tuple[int, int]], str]]) -> str:
+    return ";".join(",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges) + "=" + t for ranges, t in rules)
+
+
+_LAYER = st.integers(-30, 29)
+_RANGE = st.tuples(_LAYER, _LAYER).filter(lambda r: (r[0] % 30) <= (r[1] % 30))
+_TYPE = st.sampled_from(["q8_0", "f16", "ktq4", "vtq2_1"])
+_RULES = st.lists(st.tuples(st.lists(_RANGE, min_size=1, max_size=3), _TYPE), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(rules=_RULES)
+def test_parser_matches_the_reference(core, rules) -> None:
+    assert core.layer_types(_as_text(rules), 30) == _reference_layer_types(rules, 30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet="0123456789-,;=+ qfktv_8", max_size=24))
+def test_parser_never_crashes(core, text) -> None:
+    """Any string gives a list of 30 layers or a ValueError with a reason."""
+    try:
+        types = core.layer_types(text, 30)
+    except ValueError as e:
+        assert str(e)
+    else:
+        assert len(types) == 30
 
 
 # every example sets both variables, so the function-scoped fixture needs no reset between examples
