@@ -3,7 +3,8 @@
 Reads a GGUF's metadata with gguf-py (``gguf_shape.read_shape``) and computes, per K/V cache-type pair,
 the exact bytes llama.cpp (b11312, as patched by llama-tq) allocates for the KV cache (and the recurrent
 state of hybrid models) at a context length, plus the weights, and the largest context that fits a memory
-budget. No llama.cpp is needed: the type sizes are a table here (``TYPE_TRAITS``, tested equal to ggml's).
+budget. No model is loaded: the type sizes are a table here (``TYPE_TRAITS``, tested equal to ggml's); per-layer
+rules (LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS, ``--k-layers`` / ``--v-layers``) go through the runtime's own parser.
 
 How llama.cpp sizes the cache (llama-context.cpp, llama-kv-cache.cpp, llama-kv-cache-iswa.cpp):
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -128,6 +130,8 @@ class CacheConfig:
     swa_full: bool = False    # --swa-full (the llama.h library default is true; the tools' is false)
     backend: str = "cpu"      # cpu | cuda: buffer alignment rules
     n_rs_seq: int = 0         # recurrent rollback rows (only speculative MTP/EAGLE3 drafts set it)
+    k_layers: str = ""        # LLAMA_TQ_K_LAYERS: per-layer K types, e.g. "0,-1=q8_0"
+    v_layers: str = ""        # LLAMA_TQ_V_LAYERS
 
 
 @dataclass(frozen=True)
@@ -181,10 +185,43 @@ def padded_ctx(n_ctx: int, cfg: CacheConfig) -> tuple[int, int, int]:
     return per_seq * cfg.n_seq, per_seq, cfg.n_seq
 
 
-def check_pair(shape: ModelShape, type_k: str, type_v: str) -> str | None:
-    """Why llama.cpp would refuse this pair for this model, or None."""
+def layer_types(shape: ModelShape, base: str, rules: str, role: str) -> dict[int, str]:
+    """The cache type of every attention layer under LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS rules, parsed by the
+    runtime's own parser (negative indices count the trunk layers, not an MTP head)."""
+    if not rules:
+        return {la.il: base for la in shape.attn_layers}
+    from ._core import layer_types as parse  # the C parser of src/ggml-tq/tq-layer-types.c
+
+    n_main = shape.n_layer - shape.n_nextn
+    try:
+        named = parse(rules, n_main)
+    except ValueError as e:
+        raise FitError(f"LLAMA_TQ_{role}_LAYERS: {e}") from None
+    out = {}
+    for la in shape.attn_layers:
+        t = named[la.il] if la.il < n_main else None
+        out[la.il] = canonical_type(t, role=role) if t else base
+    return out
+
+
+def avg_bits(shape: ModelShape, base: str, rules: str, role: str) -> float:
+    """Bits per element of one side of the cache, averaged over its layers' elements."""
+    types = layer_types(shape, base, rules, role)
+    width = {la.il: (la.n_embd_k if role == "K" else la.n_embd_v) for la in shape.attn_layers}
+    total = sum(width.values())
+    if not total:
+        return bits_per_element(base)
+    return sum(bits_per_element(types[il]) * w for il, w in width.items()) / total
+
+
+def check_pair(shape: ModelShape, type_k: str, type_v: str, cfg: CacheConfig | None = None) -> str | None:
+    """Why llama.cpp would refuse this pair (and these per-layer rules) for this model, or None."""
     tk, tv = canonical_type(type_k, role="K"), canonical_type(type_v, role="V")
+    cfg = cfg or CacheConfig()
+    types_k = layer_types(shape, tk, cfg.k_layers, "K")
+    types_v = layer_types(shape, tv, cfg.v_layers, "V")
     for layer in shape.attn_layers:
+        tk, tv = types_k[layer.il], types_v[layer.il]
         for t, head, n in ((tk, layer.head_k, layer.n_embd_k), (tv, layer.head_v, layer.n_embd_v)):
             blck = TYPE_TRAITS[t][0]
             if n and t in TQ_TYPES and head % blck:
@@ -198,9 +235,11 @@ def estimate(shape: ModelShape, n_ctx: int, type_k: str, type_v: str, cfg: Cache
              ) -> KvEstimate:
     """The bytes llama.cpp allocates for this model's memory at n_ctx with these cache types."""
     tk, tv = canonical_type(type_k, role="K"), canonical_type(type_v, role="V")
-    why = check_pair(shape, tk, tv)
+    why = check_pair(shape, tk, tv, cfg)
     if why:
         raise FitError(why)
+    types_k = layer_types(shape, tk, cfg.k_layers, "K")
+    types_v = layer_types(shape, tv, cfg.v_layers, "V")
     n_total, cells, n_stream = padded_ctx(n_ctx, cfg)
     cells_swa = 0
     if any(layer.swa for layer in shape.attn_layers):
@@ -214,8 +253,8 @@ def estimate(shape: ModelShape, n_ctx: int, type_k: str, type_v: str, cfg: Cache
         if not layers:
             continue
         rows = n_cells * n_stream
-        k = sum(tensor_alloc_bytes(tk, la.n_embd_k, rows, cfg.backend) for la in layers)
-        v = sum(tensor_alloc_bytes(tv, la.n_embd_v, rows, cfg.backend) for la in layers)
+        k = sum(tensor_alloc_bytes(types_k[la.il], la.n_embd_k, rows, cfg.backend) for la in layers)
+        v = sum(tensor_alloc_bytes(types_v[la.il], la.n_embd_v, rows, cfg.backend) for la in layers)
         parts.append(CachePart(kind, n_cells, len(layers), k, v))
     if shape.recr_layers:
         rs_rows = max(1, cfg.n_seq) * (1 + cfg.n_rs_seq)
@@ -282,9 +321,11 @@ def fit_table(shape: ModelShape, n_ctx: int, pairs: Iterable[tuple[str, str]], b
     rows = []
     for type_k, type_v in pairs:
         tk, tv = canonical_type(type_k, role="K"), canonical_type(type_v, role="V")
-        why = check_pair(shape, tk, tv)
+        why = check_pair(shape, tk, tv, cfg)
+        bits_k, bits_v = (avg_bits(shape, t, rules, role) if not why else bits_per_element(t)
+                          for t, rules, role in ((tk, cfg.k_layers, "K"), (tv, cfg.v_layers, "V")))
         if why:
-            rows.append(FitRow(type_k, type_v, bits_per_element(tk), bits_per_element(tv), n_ctx, 0,
+            rows.append(FitRow(type_k, type_v, bits_k, bits_v, n_ctx, 0,
                                shape.weight_bytes, 0, 0, False, 0, why))
             continue
         est = estimate(shape, n_ctx, tk, tv, cfg)
@@ -292,7 +333,7 @@ def fit_table(shape: ModelShape, n_ctx: int, pairs: Iterable[tuple[str, str]], b
         total = shape.weight_bytes + est.total + over
         fits = budget is None or total <= budget
         mc = max_context(shape, tk, tv, budget, fixed_overhead, cfg) if budget is not None else 0
-        rows.append(FitRow(type_k, type_v, bits_per_element(tk), bits_per_element(tv), est.n_ctx, est.total,
+        rows.append(FitRow(type_k, type_v, bits_k, bits_v, est.n_ctx, est.total,
                            shape.weight_bytes, over, total, fits, mc))
     return rows
 
@@ -408,7 +449,7 @@ def plot(shape: ModelShape, pairs: Sequence[tuple[str, str]], out: str, budget: 
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    valid = [(k, v) for k, v in pairs if not check_pair(shape, k, v)]
+    valid = [(k, v) for k, v in pairs if not check_pair(shape, k, v, cfg)]
     hi = max(n_ctx * 2, 1 << 16)
     limits = {}
     if budget is not None:
@@ -465,6 +506,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--swa-full", action="store_true", help="llama.cpp --swa-full (full-size SWA cache)")
     p.add_argument("--backend", choices=sorted(ALIGNMENT), default="cuda",
                    help="buffer alignment rules (default cuda; cpu is what the CPU build allocates)")
+    p.add_argument("--k-layers", default=os.environ.get("LLAMA_TQ_K_LAYERS", ""), metavar="RULES",
+                   help="per-layer K types, as LLAMA_TQ_K_LAYERS (default: that variable), e.g. '0,-1=q8_0'")
+    p.add_argument("--v-layers", default=os.environ.get("LLAMA_TQ_V_LAYERS", ""), metavar="RULES",
+                   help="per-layer V types, as LLAMA_TQ_V_LAYERS (default: that variable)")
     p.add_argument("--plot", metavar="PNG", help="write context-vs-memory lines per pair to this PNG")
     p.add_argument("--json", action="store_true", help="print the rows as JSON")
     return p
@@ -481,7 +526,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.parallel < 1 or args.ubatch_size < 1:
             raise FitError("--parallel and --ubatch-size must be positive")
         cfg = CacheConfig(n_seq=args.parallel, kv_unified=args.kv_unified, n_ubatch=args.ubatch_size,
-                          swa_full=args.swa_full, backend=args.backend)
+                          swa_full=args.swa_full, backend=args.backend, k_layers=args.k_layers,
+                          v_layers=args.v_layers)
         shape = read_shape(args.model)
         if not shape.has_kv_cache:
             raise FitError(f"{args.model}: {'; '.join(shape.notes)}")
@@ -500,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{cfg.backend} buffers"
               + (f"; budget {fmt_bytes(budget)}" if budget is not None else "")
               + f"; fixed overhead {fmt_bytes(overhead)}")
+        for side, rules in (("K", cfg.k_layers), ("V", cfg.v_layers)):
+            if rules:
+                print(f"per-layer {side} types: {rules} (bits columns: averages over the layers)")
         for note in shape.notes:
             print(f"note: {note}")
         print(format_table(shape, rows, budget))

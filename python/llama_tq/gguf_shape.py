@@ -56,6 +56,7 @@ class ModelShape:
     weight_bytes: int = 0        # sum of the GGUF's tensor data
     n_params: int = 0
     has_kv_cache: bool = True    # False for encoders / diffusion models (no memory at all)
+    n_nextn: int = 0             # NextN/MTP layers at the end of block_count (not in the main context)
     exact: bool = True           # False where notes say the rule is an approximation
     notes: list[str] = field(default_factory=list)
 
@@ -232,7 +233,7 @@ def read_shape(path: str | Path) -> ModelShape:
     name = str(m.get("general.name", p.name))
 
     shape = ModelShape(str(p), arch, name, n_layer_all, n_ctx_train, [], weight_bytes=weight_bytes,
-                       n_params=n_params, notes=notes)
+                       n_params=n_params, notes=notes, n_nextn=n_nextn)
 
     if arch in NO_MEMORY_ARCHS:
         shape.has_kv_cache = False

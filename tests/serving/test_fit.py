@@ -162,3 +162,42 @@ def test_pair_refused_for_unsupported_head_size():
     shape = ModelShape("x", "phi2", "x", 2, 2048, [AttnLayer(0, 80, 80, 32, False), AttnLayer(1, 80, 80, 32, False)])
     assert "multiple of 64" in (fit.check_pair(shape, "ktq2", "vtq2") or "")
     assert fit.check_pair(shape, "q8_0", "q8_0") is None
+
+
+@pytest.mark.parametrize(("k_rules", "v_rules"), [("0,-1=q8_0", ""), ("1-2=ktq4;5=f16", "1=q8_0;-3--1=vtq4_3")])
+def test_per_layer_rules_equal_llama_cpp(core, model_path, monkeypatch, k_rules, v_rules):
+    """LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS: tq-fit's bytes are what llama.cpp allocates with the same rules."""
+    shape = read_shape(model_path)
+    model = core.Model(model_path)
+    cfg = fit.CacheConfig(backend="cpu", swa_full=True, k_layers=k_rules, v_layers=v_rules)
+    monkeypatch.setenv("LLAMA_TQ_K_LAYERS", k_rules)
+    monkeypatch.setenv("LLAMA_TQ_V_LAYERS", v_rules)
+    for type_k, type_v in (("ktq2", "vtq2"), ("q4_0", "q4_0")):
+        ctx = core.Context(model, n_ctx=1000, n_batch=512, type_k=type_k, type_v=type_v, flash_attn=True,
+                           n_threads=1)
+        assert fit.estimate(shape, 1000, type_k, type_v, cfg).total == ctx.memory_bytes(), (type_k, type_v)
+        del ctx
+
+
+def test_per_layer_rules_in_a_swa_model(core, synth_models, monkeypatch):
+    """Each of the two caches of an iSWA model applies the rules to its own layers."""
+    path = str(synth_models["gemma2_swa"])
+    shape = read_shape(path)
+    cfg = fit.CacheConfig(backend="cpu", swa_full=True, k_layers="0,-1=q8_0", v_layers="1=f16")
+    monkeypatch.setenv("LLAMA_TQ_K_LAYERS", cfg.k_layers)
+    monkeypatch.setenv("LLAMA_TQ_V_LAYERS", cfg.v_layers)
+    ctx = core.Context(core.Model(path), n_ctx=2048, n_batch=256, type_k="ktq2", type_v="vtq2", flash_attn=True,
+                       n_threads=1)
+    assert fit.estimate(shape, 2048, "ktq2", "vtq2", cfg).total == ctx.memory_bytes()
+
+
+def test_cli_per_layer_rules(model_path, capsys, monkeypatch):
+    monkeypatch.delenv("LLAMA_TQ_K_LAYERS", raising=False)
+    assert fit.main([model_path, "--pairs", "ktq2/vtq2", "--k-layers", "0,-1=q8_0", "--json"]) == 0
+    row = __import__("json").loads(capsys.readouterr().out)["rows"][0]
+    assert row["bits_k"] == pytest.approx((28 * 2.25 + 2 * 8.5) / 30)
+    assert row["bits_v"] == pytest.approx(2.25)
+    monkeypatch.setenv("LLAMA_TQ_K_LAYERS", "40=q8_0")  # the default comes from the variable, as in llama.cpp
+    assert fit.main([model_path, "--pairs", "ktq2/vtq2"]) == 2
+    err = capsys.readouterr().err
+    assert "LLAMA_TQ_K_LAYERS: rule '40=q8_0': '40' is not a layer or a range of layers of this model (0..29)" in err
