@@ -15,23 +15,12 @@ static const enum ggml_type tq_kv_plain_types[] = {
 };
 
 enum ggml_type tq_kv_type_from_name(const char * name) {
-    // vtq2, vtq3, vtq4: the default V variant, the trellis (as -ctv takes them)
-    if (strlen(name) == 4 && strncmp(name, "vtq", 3) == 0 && name[3] >= '2' && name[3] <= '4') {
-        char full[8];
-        snprintf(full, sizeof(full), "%s_2", name);
-        return tq_kv_type_from_name(full);
-    }
     for (size_t i = 0; i < sizeof(tq_kv_plain_types) / sizeof(tq_kv_plain_types[0]); ++i) {
         if (strcmp(name, ggml_type_name(tq_kv_plain_types[i])) == 0) {
             return tq_kv_plain_types[i];
         }
     }
-    for (int t = (int) TQ_GGML_FIRST; t <= (int) TQ_GGML_LAST; ++t) {
-        if (strcmp(name, ggml_type_name((enum ggml_type) t)) == 0) {
-            return (enum ggml_type) t;
-        }
-    }
-    return GGML_TYPE_COUNT;
+    return tq_ggml_type_from_name(name);  // ours, and the vtq2/vtq3/vtq4 aliases
 }
 
 // one layer index of a rule: a decimal integer, negative from the end; -1 if it is not one or out of range
