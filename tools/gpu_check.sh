@@ -28,7 +28,7 @@
 #   TQ_BENCH_DEPTHS (default 0,8192)   TQ_BENCH_PAIRS (default "f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3")
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
-#                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records go to $OUT/kv_speed-<shape> (benchmarks/kv_speed.py)
+#                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records of all shapes go to $OUT/kv_speed (benchmarks/kv_speed.py)
 #   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
 #                  SmolLM2 Q4_1 GGUF as TQ_MODEL (or its halves .carry*/smol.part-*, e.g. .carry0/ and .carry1/ on two calls) and .carry/eval.txt;
 #                  logs packed into $OUT/quality.tar.gz (make the table here with kv_quality.py --from-logs)
@@ -195,10 +195,11 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
         stamp "bench $shape"
         python3 "$ROOT/benchmarks/kv_speed.py" --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" \
             --label "$shape" --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" \
-            --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed-$shape" > "$OUT/bench-$shape.log" 2>&1
+            --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
         say "llama-bench $shape rc $?"
-        tail -40 "$OUT/bench-$shape.log" | grep -E "^\|" | tee -a "$SUMMARY"
     done
+    # one folder for every shape (the label tells them apart): the device tool returns at most 8 files
+    grep -E "^\|" "$OUT/kv_speed/speed.md" 2>/dev/null | tee -a "$SUMMARY"
 fi
 
 # ---- per-kernel decode times (Nsight Compute) ----

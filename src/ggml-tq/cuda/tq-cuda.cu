@@ -559,7 +559,8 @@ static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
 }
 
 // One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set). g_fix < 0: free;
-// else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the best path in ws.st (thread 0 writes).
+// else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the best path in ws.st (thread 0 writes;
+// a free pass only ws.st[32 .. 63]).
 // t: the thread's index in its trellis block (0..63), sub: the trellis block in the thread block.
 template <int k>
 static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[1 << k], const uint64_t w0,
@@ -583,6 +584,22 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
         }
     }
 
+    // the squared errors of the next step are computed before its barrier (y does not change during a
+    // pass), so that a step's critical path is the barrier, the predecessor minimum and one add
+    float ee[K];
+    bool  zi;
+    auto  errors = [&](const int i) {
+        const int   ii = (i + rot) & (QK_TQ - 1);
+        const float yi = ws.y[ii];
+        zi             = (w0 >> ii) & 1;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const float e = yi - t_reg[j];
+            ee[j]         = e * e;
+        }
+    };
+    errors(1);
+
 #pragma unroll 1
     for (int i = 1; i < QK_TQ; ++i) {
         tq_cuda_pair_sync(sub);
@@ -599,13 +616,12 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             }
         }
         ws.hb[i][g] = (uint8_t) hb;
-        const int   ii = (i + rot) & (QK_TQ - 1);
-        const float yi = ws.y[ii];
-        const bool  zi = (w0 >> ii) & 1;
 #pragma unroll
         for (int j = 0; j < K; ++j) {
-            const float e = yi - t_reg[j];
-            nxt[tq_vit_pos(g + 64 * j)] = zi ? v : v + e * e;
+            nxt[tq_vit_pos(g + 64 * j)] = zi ? v : v + ee[j];
+        }
+        if (i + 1 < QK_TQ) {
+            errors(i + 1);
         }
     }
     tq_cuda_pair_sync(sub);
@@ -664,7 +680,9 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
         }
         int s             = sbest;
         ws.st[QK_TQ - 1] = (uint16_t) s;
-        for (int i = QK_TQ - 1; i > 0; --i) {
+        // a free pass is read at position 32 only (g_fix of the second pass): trace back that far
+        const int stop = g_fix < 0 ? QK_TQ / 2 : 0;
+        for (int i = QK_TQ - 1; i > stop; --i) {
             const int gg = s & 63;
             s            = gg * K + ws.hb[i][gg];
             ws.st[i - 1] = (uint16_t) s;

@@ -5,6 +5,7 @@
 #include "tq-fattn.cuh"
 
 #include <cfloat>
+#include <type_traits>
 
 #define TQ_FA_NWARPS (TQ_FA_NTHREADS / WARP_SIZE)
 
@@ -41,80 +42,117 @@ static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * __restri
     return lo;
 }
 
-// The 8 values [i0, i0 + 8) of a V block (i0 a multiple of 8), decoded in registers.
-template <ggml_type type_V>
-static __device__ __forceinline__ void tq_fa_decode_v8(const uint8_t * __restrict__ blk, const int i0,
-                                                       const float * __restrict__ s_vtab, float (&v)[8]) {
+// the n 16-bit words at p (2-byte aligned) as one integer, the first in the low bits
+template <int n, typename T>
+static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * __restrict__ p) {
+    const uint16_t * q = (const uint16_t *) p;
+    T                w = 0;
+#pragma unroll
+    for (int i = 0; i < n; ++i) {
+        w |= (T) q[i] << (16 * i);
+    }
+    return w;
+}
+
+// K: the codes of KE consecutive values of a block, read as whole 16-bit words (when a lane's codes can
+// start at an odd byte, one more word, shifted out)
+template <ggml_type type_K, int KE>
+struct tq_fa_kcodes {
+    using F = tq_cuda_fmt<type_K>;
+    static constexpr int  bytes = KE * F::b / 8;                    // code bytes of a lane
+    static constexpr bool odd   = bytes % 2 != 0;                   // its offset can be odd
+    static constexpr int  n16   = (bytes + (odd ? 1 : 0) + 1) / 2;  // words to read
+    using word_t = typename std::conditional<16 * n16 <= 32, uint32_t, uint64_t>::type;
+
+    // byte: offset of the codes from the row (a 2-byte aligned row)
+    static __device__ __forceinline__ word_t load(const uint8_t * __restrict__ row, const int byte) {
+        const word_t w = tq_fa_ld16<n16, word_t>(row + (byte & ~1));
+        return odd ? w >> (8 * (byte & 1)) : w;
+    }
+};
+
+// V: the stream bits that decode VS (4 or 8) consecutive values of a block (a trellis window is L bits, a
+// code b); circular over the block's stream
+template <ggml_type type_V, int VS>
+struct tq_fa_vcodes {
     using F = tq_cuda_fmt<type_V>;
-    const float    d = __half2float(*(const half *) blk);
-    constexpr int  width = F::trellis ? F::L : F::b;  // trellis: state window; codebook: the code
-    if constexpr (7 * F::b + width <= 32) {              // the 8 windows fit one 32-bit word
-        const uint32_t w = tq_fa_bits32<F::qs_bytes>(blk + F::qs_off, i0 * F::b / 8);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            v[i] = d * s_vtab[(w >> (F::b * i)) & ((1u << width) - 1u)];
+    static constexpr int  width = F::trellis ? F::L : F::b;
+    static constexpr bool frac  = VS * F::b % 8 != 0;  // 4 values of 3 bits: the start can be mid-byte
+    static constexpr bool w64   = (VS - 1) * F::b + width + (frac ? 4 : 0) > 32;
+    using word_t = typename std::conditional<w64, uint64_t, uint32_t>::type;
+
+    // blk: the block; i0: its first value (a multiple of VS)
+    static __device__ __forceinline__ word_t load(const uint8_t * __restrict__ blk, const int i0) {
+        const int bit = i0 * F::b;
+        word_t    w;
+        if constexpr (w64) {
+            w = tq_fa_bits64<F::qs_bytes>(blk + F::qs_off, bit / 8);
+        } else {
+            w = tq_fa_bits32<F::qs_bytes>(blk + F::qs_off, bit / 8);
         }
-    } else {
-        const uint64_t w = tq_fa_bits64<F::qs_bytes>(blk + F::qs_off, i0 * F::b / 8);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-            v[i] = d * s_vtab[(unsigned) (w >> (F::b * i)) & ((1u << width) - 1u)];
-        }
+        return frac ? w >> (bit % 8) : w;
     }
-    if constexpr (F::n_out > 0) {
-        const half *    od = (const half *) (blk + 2);
-        const uint8_t * op = blk + 2 + 2 * F::n_out;
-#pragma unroll
-        for (int s = 0; s < F::n_out; ++s) {  // in slot order: a later slot wins
-            const int j = (op[s] & (QK_TQ - 1)) - i0;
-            if (j >= 0 && j < 8) {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) {
-                    v[i] = i == j ? __half2float(od[s]) : v[i];
-                }
-            }
-        }
-    }
+};
+
+// copies of the V decode table in shared memory: lane l reads copy l % VREP (a 256..1024-entry table read
+// at random indices would otherwise conflict across banks); 8 KiB for a trellis, one copy for a codebook
+template <ggml_type type_V>
+static constexpr __host__ __device__ int tq_fa_vrep() {
+    return tq_cuda_fmt<type_V>::ntab <= 16 ? 1 : 2048 / tq_cuda_fmt<type_V>::ntab;
 }
 
-// copies the bytes of n_rows rows (R 16-bit words each, row stride `stride` bytes) into dst, rows past n_rows
-// zeroed. Thread t always moves word t % R of rows t / R + RP * j: its source and destination advance by a
-// fixed step per pass, so a word costs a load, a store and an add (per-element index arithmetic cost more than
-// the loads themselves); loads are issued CH passes at a time before their stores so that many are in flight.
-template <int R, int TILE>
-static __device__ __forceinline__ void tq_fa_stage(uint16_t * __restrict__ dst, const char * __restrict__ src,
-                                                   const int stride, const int n_rows, const int tid) {
-    static_assert(R <= TQ_FA_NTHREADS, "a row must fit one pass");
-    constexpr int RP = TQ_FA_NTHREADS / R;  // rows per pass
-    constexpr int NP = (TILE + RP - 1) / RP;
-    constexpr int CH = NP < 8 ? NP : 8;
-    const int     r0 = tid / R;
-    if (r0 >= RP) {
-        return;
-    }
-    const int    w     = tid - r0 * R;
-    const int    pstep = RP * stride;
-    const char * s     = src + r0 * stride + 2 * w;
-    uint16_t *   d     = dst + r0 * R + w;
-#pragma unroll
-    for (int p0 = 0; p0 < NP; p0 += CH) {
-        uint16_t tmp[CH];
-#pragma unroll
-        for (int j = 0; j < CH; ++j) {
-            const int r = r0 + RP * (p0 + j);
-            tmp[j] = p0 + j < NP && r < n_rows ? *(const uint16_t *) (s + (p0 + j) * pstep) : (uint16_t) 0;
-        }
-#pragma unroll
-        for (int j = 0; j < CH; ++j) {
-            if (p0 + j < NP && r0 + RP * (p0 + j) < TILE) {
-                d[(p0 + j) * RP * R] = tmp[j];
-            }
-        }
-    }
+template <int n>
+static constexpr __host__ __device__ int tq_fa_log2() {
+    return n <= 1 ? 0 : 1 + tq_fa_log2<n / 2>();
 }
 
+// Sums the NC partial dot products v[] over the KL lanes of a row (KL >= NC; the lanes of a row are an
+// aligned group of KL): halving exchanges (a lane keeps half of its columns and sends the other half to its
+// partner), then plain butterflies over the remaining lane bits. Returns the whole sum of column
+// tq_fa_rs_col(lane).
+template <int NC, int KL>
+static __device__ __forceinline__ float tq_fa_reduce_scatter(float (&v)[NC], const int lane) {
+    static_assert(NC <= KL, "more columns than lanes per row");
+#pragma unroll
+    for (int n = NC, o = KL / 2; n > 1; n /= 2, o /= 2) {
+        const bool hi = lane & o;
+#pragma unroll
+        for (int i = 0; i < n / 2; ++i) {
+            const float send = hi ? v[i] : v[i + n / 2];
+            const float keep = hi ? v[i + n / 2] : v[i];
+            v[i]             = keep + __shfl_xor_sync(0xffffffff, send, o, WARP_SIZE);
+        }
+    }
+#pragma unroll
+    for (int o = KL / NC / 2; o > 0; o >>= 1) {
+        v[0] += __shfl_xor_sync(0xffffffff, v[0], o, WARP_SIZE);
+    }
+    return v[0];
+}
+
+template <int NC, int KL>
+static __device__ __forceinline__ int tq_fa_rs_col(const int lane) {
+    int c = 0;
+#pragma unroll
+    for (int n = NC, o = KL / 2; n > 1; n /= 2, o /= 2) {
+        c += (lane & o) ? n / 2 : 0;
+    }
+    return c;
+}
+
+// One block per (KV head, group of NC query columns, KV split); each warp streams its own chunks of 32 KV
+// rows (kv_begin + 32 * (warp + NW * i)) with its own online softmax, and the warps meet once at the end.
+// Nothing is staged in shared memory: a lane loads the bytes it decodes straight into registers.
+//   K: KE values per lane, KL = D / KE lanes per row, KR = 32 / KL rows per pass; Q of the lane's KE values
+//      in registers (NC columns); the KL partial dots are summed by tq_fa_reduce_scatter, after which a lane
+//      holds one column's score of its row.
+//   softmax: lane = row of the chunk; softcap, mask and ALiBi here (a coalesced mask load per column); per
+//      column the warp's running max and per-lane partial sums.
+//   V: VE values per lane, VL = D / VE lanes per row, VR = 32 / VL rows per pass, decoded in registers from
+//      the bank-spread copies of the table; the block scale goes into the probability.
+// Registers bound the shape: NC * KE (Q) + NC * VE (accumulators) is 96 for NC <= 4.
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
-__launch_bounds__(TQ_FA_NTHREADS)
+__launch_bounds__(TQ_FA_NTHREADS, 3)
 static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
                                       const tq_cuda_tab<type_V> vtab) {
     using FK = tq_cuda_fmt<type_K>;
@@ -122,26 +160,34 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     static_assert(!FK::trellis && FK::n_out == 0, "K must be a scalar-codebook type");
     static_assert(D % QK_TQ == 0 && D <= 256, "unsupported head size");
 
-    constexpr int NW   = TQ_FA_NWARPS;
-    constexpr int TILE = tq_fa_tile(D);
-    constexpr int RK   = D / QK_TQ * FK::bs / 2;  // 16-bit words per K row of this head
-    constexpr int RV   = D / QK_TQ * FV::bs / 2;
-    constexpr int KE   = 16;        // K: elements per lane (a quarter block)
-    constexpr int KL   = D / KE;    //    lanes per row
-    constexpr int KR   = 32 / KL;   //    rows per warp and step
-    constexpr int VE   = 8;         // V: elements per lane
-    constexpr int VL   = D / VE;    //    lanes per row
-    constexpr int VR   = 32 / VL;   //    rows per warp and step
+    constexpr int  NW    = TQ_FA_NWARPS;
+    constexpr int  RW    = WARP_SIZE;                                       // rows per warp chunk
+    constexpr int  KE    = (NC <= 4 ? 16 : 8) > D / 32 ? (NC <= 4 ? 16 : 8) : D / 32;  // K: values per lane
+    constexpr int  KL    = D / KE;                                          //    lanes per row
+    constexpr int  KR    = WARP_SIZE / KL;                                  //    rows per pass
+    constexpr int  KP    = RW / KR;                                         //    passes per chunk
+    constexpr int  LG    = D == 64 && NC <= 4 ? 8 : D == 256 && NC == 8 ? 2 : 4;  // passes loaded together
+    constexpr int  KG    = KP < LG ? KP : LG;
+    constexpr int  KSUB  = QK_TQ / KE;                                      //    lanes per block
+    constexpr int  VE    = (32 / NC) > D / 32 ? 32 / NC : D / 32;           // V: values per lane
+    constexpr int  VS    = VE < 8 ? VE : 8;                                 //    values per stream read
+    constexpr int  VL    = D / VE;                                          //    lanes per row
+    constexpr int  VR    = WARP_SIZE / VL;                                  //    rows per pass
+    constexpr int  VP    = RW / VR;                                         //    passes per chunk
+    constexpr int  VG    = VP < LG ? VP : LG;
+    constexpr int  VREP  = tq_fa_vrep<type_V>();
+    constexpr int  VSH   = tq_fa_log2<VREP>() + 2;  // byte shift of a V table entry
+    constexpr bool KPAIR = FK::b == 2;              // 2-bit K: one lookup gives two levels
+    using KC = tq_fa_kcodes<type_K, KE>;
+    using VC = tq_fa_vcodes<type_V, VS>;
+    static_assert(KL <= WARP_SIZE && VL <= WARP_SIZE && KP % KG == 0 && VP % VG == 0, "lane mapping");
 
-    __shared__ __align__(16) float s_q[NC * D];  // Q * scale; reused for the final reduction
-    __shared__ float s_kq[NC][TILE];             // scores, then probabilities of the tile
-    __shared__ uint16_t s_kraw[TILE * RK];       // the tile's K and V bytes
-    __shared__ uint16_t s_vraw[TILE * RV];
-    __shared__ float s_ktab[FK::ntab];
-    __shared__ float s_vtab[FV::ntab];
-    __shared__ float s_m[NC];
-    __shared__ float s_l[NC];
-    __shared__ float s_resc[NC];
+    __shared__ __align__(16) float s_vtab[FV::ntab * VREP];
+    __shared__ __align__(8) float s_ktab[KPAIR ? 2 * 16 : FK::ntab];
+    __shared__ float s_p[NW][NC][RW];  // a warp's scores, then probabilities, of its chunk
+    __shared__ float s_out[NC * D];
+    __shared__ float s_wm[NW][NC];
+    __shared__ float s_wl[NW][NC];
 
     const int tid  = threadIdx.x;
     const int warp = tid / WARP_SIZE;
@@ -155,187 +201,261 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     const int kv_begin = split * p.kv_per_split;
     const int kv_end   = min(p.n_kv, kv_begin + p.kv_per_split);
 
-    for (int i = tid; i < FK::ntab; i += TQ_FA_NTHREADS) {
-        s_ktab[i] = ktab.v[i];
+    for (int i = tid; i < FV::ntab * VREP; i += TQ_FA_NTHREADS) {
+        s_vtab[i] = vtab.v[i / VREP];
     }
-    for (int i = tid; i < FV::ntab; i += TQ_FA_NTHREADS) {
-        s_vtab[i] = vtab.v[i];
-    }
-    for (int i = tid; i < NC * D; i += TQ_FA_NTHREADS) {
-        const int c  = i / D;
-        const int gc = cg * NC + c;
-        float     q  = 0.0f;
-        if (gc < p.n_col) {
-            const int t = gc / p.gqa;
-            const int h = kvh * p.gqa + gc % p.gqa;
-            q = p.scale * ((const float *) (p.Q + seq * p.nb03 + h * p.nb02 + t * p.nb01))[i % D];
+    if constexpr (KPAIR) {
+        if (tid < 16) {
+            s_ktab[2 * tid]     = ktab.v[tid & 3];
+            s_ktab[2 * tid + 1] = ktab.v[tid >> 2];
         }
-        s_q[i] = q;
+    } else {
+        for (int i = tid; i < FK::ntab; i += TQ_FA_NTHREADS) {
+            s_ktab[i] = ktab.v[i];
+        }
     }
-    if (tid < NC) {
-        s_m[tid] = -FLT_MAX / 2.0f;
-        s_l[tid] = 0.0f;
+
+    // K lane mapping: row in the pass, chunk of KE values
+    const int k_rg  = lane / KL;
+    const int k_ch  = lane % KL;
+    const int k_dof = (k_ch / KSUB) * FK::bs;                        // the block's scale
+    const int k_cof = k_dof + 2 + (k_ch % KSUB) * (KE * FK::b / 8);  // the lane's codes
+
+    float        q[NC][KE];
+    const half * mrow[NC];   // the mask row of each column's token, or nullptr
+    float        slope[NC];  // ALiBi
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        const int gc = cg * NC + c;
+        mrow[c]  = nullptr;
+        slope[c] = 1.0f;
+        if (gc < p.n_col) {
+            const int     t  = gc / p.gqa;
+            const int     h  = kvh * p.gqa + gc % p.gqa;
+            const float * qp = (const float *) (p.Q + seq * p.nb03 + h * p.nb02 + t * p.nb01) + k_ch * KE;
+#pragma unroll
+            for (int e = 0; e < KE; ++e) {
+                q[c][e] = p.scale * qp[e];
+            }
+            if (p.mask) {
+                mrow[c] = (const half *) (p.mask + (seq % p.ne33) * p.nb33 + t * p.nb31);
+            }
+            slope[c] = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
+        } else {
+#pragma unroll
+            for (int e = 0; e < KE; ++e) {
+                q[c][e] = 0.0f;
+            }
+        }
     }
-    __syncthreads();
 
-    const char * K = p.K + seq * p.nb13 + kvh * p.nb12;
-    const char * V = p.V + seq * p.nb23 + kvh * p.nb22;
+    // after the reduction this lane holds column w_c of its row; it writes it if w_wr
+    const int  w_c  = tq_fa_rs_col<NC, KL>(lane);
+    const bool w_wr = lane % (KL / NC) == 0;
+    float *    w_sp = &s_p[warp][w_c][k_rg];
 
-    // K lane mapping: row group, quarter-block chunk
-    const int k_rg = lane / KL;
-    const int k_ch = lane % KL;
     // V lane mapping
-    const int v_rg = lane / VL;
-    const int v_ch = lane % VL;
+    const int      v_rg  = lane / VL;
+    const int      v_ch  = lane % VL;
+    const int      v_bof = (v_ch * VE / QK_TQ) * FV::bs;
+    const int      v_i0  = (v_ch * VE) % QK_TQ;
+    const uint32_t v_rep = (uint32_t) (lane % VREP) * 4;
+    const float *  v_sp  = &s_p[warp][0][v_rg];
 
+    float m[NC];
+    float l[NC];
     float acc[NC][VE];
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
+        m[c] = -FLT_MAX / 2.0f;
+        l[c] = 0.0f;
 #pragma unroll
         for (int e = 0; e < VE; ++e) {
             acc[c][e] = 0.0f;
         }
     }
+    __syncthreads();
 
-    for (int kv0 = kv_begin; kv0 < kv_end; kv0 += TILE) {
-        const int n_rows = min(TILE, kv_end - kv0);
-        tq_fa_stage<RK, TILE>(s_kraw, K + (int64_t) kv0 * p.nb11, (int) p.nb11, n_rows, tid);
-        tq_fa_stage<RV, TILE>(s_vraw, V + (int64_t) kv0 * p.nb21, (int) p.nb21, n_rows, tid);
-        __syncthreads();
+    const uint8_t * K  = (const uint8_t *) (p.K + seq * p.nb13 + kvh * p.nb12);
+    const uint8_t * V  = (const uint8_t *) (p.V + seq * p.nb23 + kvh * p.nb22);
+    const int64_t   sK = KR * p.nb11;  // from one pass to the next
+    const int64_t   sV = VR * p.nb21;
+
+    // one chunk of 32 rows from kv0; FULL: all of them are below kv_end (no bound checks)
+    auto chunk = [&](const int kv0, auto full) {
+        constexpr bool FULL = decltype(full)::value;
+
+        // the V bytes of a group of passes, in registers; the first group is loaded before the scores, so
+        // that its loads are in flight during Q·K
+        typename VC::word_t vw[VG][VE / VS];
+        uint32_t            vd[VG];
+        uint32_t            vo[VG][2];  // outlier types: the two fp16 values; the two positions
+        const uint8_t *     vp     = V + (int64_t) (kv0 + v_rg) * p.nb21 + v_bof;
+        auto                load_v = [&](const int g0) {
+#pragma unroll
+            for (int i = 0; i < VG; ++i) {
+                const bool ok = FULL || kv0 + (g0 + i) * VR + v_rg < kv_end;
+#pragma unroll
+                for (int u = 0; u < VE / VS; ++u) {
+                    vw[i][u] = ok ? VC::load(vp, v_i0 + u * VS) : 0;
+                }
+                vd[i] = ok ? *(const uint16_t *) vp : 0;
+                if constexpr (FV::n_out > 0) {
+                    static_assert(FV::n_out == 2 && FV::qs_off == 8, "two outlier slots");
+                    vo[i][0] = ok ? tq_fa_ld16<2, uint32_t>(vp + 2) : 0;
+                    vo[i][1] = ok ? *(const uint16_t *) (vp + 6) : 0;
+                }
+                vp += sV;
+            }
+        };
+        load_v(0);
+
+        // the mask of each column at this lane's row (coalesced), for the softmax below
+        float mv[NC];
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+            mv[c] = mrow[c] && (FULL || kv0 + lane < kv_end) ? __half2float(mrow[c][kv0 + lane]) : 0.0f;
+        }
 
         // ---- scores: Q·K from the codes ----
-#pragma unroll 1
-        for (int r0 = warp * KR; r0 < TILE; r0 += NW * KR) {
-            const int r     = r0 + k_rg;
-            const bool valid = r < n_rows;
-            float      dot[NC];
+        const uint8_t * kp = K + (int64_t) (kv0 + k_rg) * p.nb11;
 #pragma unroll
-            for (int c = 0; c < NC; ++c) {
-                dot[c] = 0.0f;
+        for (int g0 = 0; g0 < KP; g0 += KG) {
+            typename KC::word_t kw[KG];
+            uint32_t            kd[KG];
+#pragma unroll
+            for (int i = 0; i < KG; ++i) {
+                const bool ok = FULL || kv0 + (g0 + i) * KR + k_rg < kv_end;
+                kw[i] = ok ? KC::load(kp, k_cof) : 0;
+                kd[i] = ok ? *(const uint16_t *) (kp + k_dof) : 0;
+                kp += sK;
             }
-            if (valid) {
-                const uint8_t * blk = (const uint8_t *) (s_kraw + r * RK) + (k_ch / 4) * FK::bs;
-                const float     d   = __half2float(*(const half *) blk);
-                const uint16_t * q16 = (const uint16_t *) (blk + FK::qs_off) + FK::b * (k_ch % 4);
-                uint64_t w = 0;
 #pragma unroll
-                for (int t = 0; t < FK::b; ++t) {
-                    w |= (uint64_t) q16[t] << (16 * t);
+            for (int i = 0; i < KG; ++i) {
+                float dot[NC];
+#pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    dot[c] = 0.0f;
                 }
+                if constexpr (KPAIR) {
 #pragma unroll
-                for (int e4 = 0; e4 < KE / 4; ++e4) {
-                    float lv[4];
+                    for (int j = 0; j < KE / 2; ++j) {
+                        const float2 lv = ((const float2 *) s_ktab)[(unsigned) (kw[i] >> (4 * j)) & 15u];
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        lv[i] = s_ktab[(unsigned) (w >> (FK::b * (4 * e4 + i))) & ((1u << FK::b) - 1u)];
+                        for (int c = 0; c < NC; ++c) {
+                            dot[c] = fmaf(q[c][2 * j], lv.x, dot[c]);
+                            dot[c] = fmaf(q[c][2 * j + 1], lv.y, dot[c]);
+                        }
                     }
+                } else {
 #pragma unroll
-                    for (int c = 0; c < NC; ++c) {
-                        const float4 q = *(const float4 *) &s_q[c * D + k_ch * KE + 4 * e4];
-                        dot[c] += q.x * lv[0] + q.y * lv[1] + q.z * lv[2] + q.w * lv[3];
+                    for (int e = 0; e < KE; ++e) {
+                        const float lv = s_ktab[(unsigned) (kw[i] >> (FK::b * e)) & ((1u << FK::b) - 1u)];
+#pragma unroll
+                        for (int c = 0; c < NC; ++c) {
+                            dot[c] = fmaf(q[c][e], lv, dot[c]);
+                        }
                     }
                 }
+                const float d = __half2float(__ushort_as_half((unsigned short) kd[i]));
 #pragma unroll
                 for (int c = 0; c < NC; ++c) {
                     dot[c] *= d;
                 }
-            }
-#pragma unroll
-            for (int c = 0; c < NC; ++c) {
-#pragma unroll
-                for (int off = KL / 2; off > 0; off >>= 1) {
-                    dot[c] += __shfl_xor_sync(0xffffffff, dot[c], off, WARP_SIZE);
-                }
-                if (c % KL == k_ch) {
-                    s_kq[c][r] = dot[c];
+                const float s = tq_fa_reduce_scatter<NC, KL>(dot, lane);
+                if (KL == NC || w_wr) {
+                    w_sp[(g0 + i) * KR] = s;
                 }
             }
         }
-        __syncthreads();
+        __syncwarp();
 
-        // ---- softmax step: one warp per column ----
-        for (int c = warp; c < NC; c += NW) {
-            const int gc  = cg * NC + c;
-            const half * mk = nullptr;
-            float slope = 1.0f;
-            if (gc < p.n_col) {
-                if (p.mask) {
-                    mk = (const half *) (p.mask + (seq % p.ne33) * p.nb33 + (gc / p.gqa) * p.nb31) + kv0;
-                }
-                slope = get_alibi_slope(p.max_bias, kvh * p.gqa + gc % p.gqa, p.n_head_log2, p.m0, p.m1);
-            }
-            float s[TILE / WARP_SIZE];
-            float mx = -FLT_MAX / 2.0f;
+        // ---- online softmax of the chunk: lane = row ----
+        float resc[NC];
 #pragma unroll
-            for (int i = 0; i < TILE / WARP_SIZE; ++i) {
-                const int r = lane + WARP_SIZE * i;
-                float     v = -INFINITY;
-                if (kv0 + r < kv_end) {
-                    v = s_kq[c][r];
-                    if (p.logit_softcap != 0.0f) {
-                        v = p.logit_softcap * tanhf(v);
-                    }
-                    if (mk) {
-                        const float mv = __half2float(mk[r]);
-                        v = mv == -INFINITY ? -INFINITY : v + slope * mv;  // a masked cell counts for nothing
-                    }
-                }
-                s[i] = v;
-                mx   = fmaxf(mx, v);
+        for (int c = 0; c < NC; ++c) {
+            float s = s_p[warp][c][lane];
+            if (p.logit_softcap != 0.0f) {
+                s = p.logit_softcap * tanhf(s);
             }
-            mx = warp_reduce_max(mx);
-            const float m_old = s_m[c];
-            const float m_new = fmaxf(m_old, mx);
-            float       sum   = 0.0f;
-#pragma unroll
-            for (int i = 0; i < TILE / WARP_SIZE; ++i) {
-                const float e = __expf(s[i] - m_new);
-                s_kq[c][lane + WARP_SIZE * i] = e;
-                sum += e;
+            s = mv[c] == -INFINITY ? -INFINITY : s + slope[c] * mv[c];  // a masked cell counts for nothing
+            if (!FULL && kv0 + lane >= kv_end) {
+                s = -INFINITY;
             }
-            sum = warp_reduce_sum(sum);
-            __syncwarp();  // every lane has read s_m[c] (m_old) before lane 0 replaces it
-            if (lane == 0) {
-                const float resc = __expf(m_old - m_new);
-                s_m[c]    = m_new;
-                s_l[c]    = s_l[c] * resc + sum;
-                s_resc[c] = resc;
-            }
+            const float m_new  = fmaxf(m[c], warp_reduce_max(s));
+            const float e      = __expf(s - m_new);
+            resc[c]            = __expf(m[c] - m_new);
+            m[c]               = m_new;
+            l[c]               = l[c] * resc[c] + e;
+            s_p[warp][c][lane] = e;
         }
-        __syncthreads();
+        __syncwarp();
 
         // ---- V: acc += p * v, values decoded in registers ----
 #pragma unroll
         for (int c = 0; c < NC; ++c) {
-            const float resc = s_resc[c];
 #pragma unroll
             for (int e = 0; e < VE; ++e) {
-                acc[c][e] *= resc;
+                acc[c][e] *= resc[c];
             }
         }
-#pragma unroll 1
-        for (int r0 = warp * VR; r0 < n_rows; r0 += NW * VR) {
-            const int r = r0 + v_rg;
-            if (r < n_rows) {
-                const uint8_t * blk = (const uint8_t *) (s_vraw + r * RV) + (v_ch / 8) * FV::bs;
-                float v[VE];
-                tq_fa_decode_v8<type_V>(blk, (v_ch % 8) * VE, s_vtab, v);
 #pragma unroll
-                for (int c = 0; c < NC; ++c) {
-                    const float pc = s_kq[c][r];
+        for (int g0 = 0; g0 < VP; g0 += VG) {
+            if (g0 > 0) {
+                load_v(g0);
+            }
+#pragma unroll
+            for (int i = 0; i < VG; ++i) {
+                const float d = __half2float(__ushort_as_half((unsigned short) vd[i]));
+                float       v[VE];
+#pragma unroll
+                for (int e = 0; e < VE; ++e) {
+                    const uint32_t x   = (uint32_t) (vw[i][e / VS] >> (FV::b * (e % VS)));
+                    const uint32_t off = ((x & ((1u << VC::width) - 1u)) << VSH) | v_rep;
+                    v[e] = *(const float *) ((const char *) s_vtab + off);
+                }
+                if constexpr (FV::n_out > 0) {
 #pragma unroll
                     for (int e = 0; e < VE; ++e) {
-                        acc[c][e] += pc * v[e];
+                        v[e] *= d;
+                    }
+#pragma unroll
+                    for (int s = 0; s < FV::n_out; ++s) {  // in slot order: a later slot wins
+                        const int   j  = (int) ((vo[i][1] >> (8 * s)) & (QK_TQ - 1)) - v_i0;
+                        const float ov = __half2float(__ushort_as_half((unsigned short) (vo[i][0] >> (16 * s))));
+#pragma unroll
+                        for (int e = 0; e < VE; ++e) {
+                            v[e] = e == j ? ov : v[e];
+                        }
+                    }
+                }
+#pragma unroll
+                for (int c = 0; c < NC; ++c) {
+                    const float pr = v_sp[c * RW + (g0 + i) * VR];
+                    const float pc = FV::n_out > 0 ? pr : pr * d;
+#pragma unroll
+                    for (int e = 0; e < VE; ++e) {
+                        acc[c][e] = fmaf(pc, v[e], acc[c][e]);
                     }
                 }
             }
         }
-        __syncthreads();
+        __syncwarp();  // s_p is rewritten by the next chunk
+    };
+
+#pragma unroll 1
+    for (int kv0 = kv_begin + warp * RW; kv0 < kv_end; kv0 += NW * RW) {
+        if (kv0 + RW <= kv_end) {
+            chunk(kv0, std::true_type());
+        } else {
+            chunk(kv0, std::false_type());
+        }
     }
 
-    // ---- reduce the row groups of a warp, then the warps (s_q is free now) ----
+    // ---- the warp's row groups, then the warps ----
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
+        l[c] = warp_reduce_sum(l[c]);
 #pragma unroll
         for (int e = 0; e < VE; ++e) {
 #pragma unroll
@@ -344,7 +464,31 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             }
         }
     }
-    float * s_out = s_q;
+    if (lane == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {
+            s_wm[warp][c] = m[c];
+            s_wl[warp][c] = l[c];
+        }
+    }
+    __syncthreads();
+    float mb[NC];  // the block's max and sum of exp of each column
+    float lb[NC];
+    float fw[NC];  // this warp's factor
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        mb[c] = s_wm[0][c];
+#pragma unroll
+        for (int w = 1; w < NW; ++w) {
+            mb[c] = fmaxf(mb[c], s_wm[w][c]);
+        }
+        lb[c] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) {
+            lb[c] += s_wl[w][c] * __expf(s_wm[w][c] - mb[c]);
+        }
+        fw[c] = __expf(m[c] - mb[c]);
+    }
 #pragma unroll
     for (int w = 0; w < NW; ++w) {
         if (warp == w && v_rg == 0) {
@@ -353,7 +497,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 #pragma unroll
                 for (int e = 0; e < VE; ++e) {
                     const int i = c * D + v_ch * VE + e;
-                    s_out[i]    = w == 0 ? acc[c][e] : s_out[i] + acc[c][e];
+                    s_out[i]    = (w == 0 ? 0.0f : s_out[i]) + acc[c][e] * fw[c];
                 }
             }
         }
@@ -366,25 +510,30 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         if (gc >= p.n_col) {
             continue;
         }
-        const int     t = gc / p.gqa;
-        const int     h = kvh * p.gqa + gc % p.gqa;
-        const int64_t o = ((int64_t) seq * p.n_tok + t) * p.n_head + h;
+        const int     t  = gc / p.gqa;
+        const int     h  = kvh * p.gqa + gc % p.gqa;
+        const int64_t o  = ((int64_t) seq * p.n_tok + t) * p.n_head + h;
+        float         mc = 0.0f;
+        float         lc = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < NC; ++cc) {  // registers: constant indices only
+            mc = cc == c ? mb[cc] : mc;
+            lc = cc == c ? lb[cc] : lc;
+        }
         if (p.n_split == 1) {
-            float m = s_m[c];
-            float l = s_l[c];
             float f = 1.0f;
             if (p.sinks) {
                 const float sink = p.sinks[h];
-                const float mf   = fmaxf(m, sink);
-                f = expf(m - mf);
-                l = l * f + expf(sink - mf);
+                const float mf   = fmaxf(mc, sink);
+                f  = expf(mc - mf);
+                lc = lc * f + expf(sink - mf);
             }
-            p.dst[o * D + i % D] = l > 0.0f ? s_out[i] * f / l : 0.0f;
+            p.dst[o * D + i % D] = lc > 0.0f ? s_out[i] * f / lc : 0.0f;
         } else {
             const int64_t po = (int64_t) split * p.n_rows + o;
             p.part[po * D + i % D] = s_out[i];
             if (i % D == 0) {
-                p.part_ml[po] = make_float2(s_m[c], s_l[c]);
+                p.part_ml[po] = make_float2(mc, lc);
             }
         }
     }

@@ -6,10 +6,15 @@
 #include <algorithm>
 #include <cfloat>
 
-#define TQ_FA_MAX_COLS 8  // query columns (tokens x GQA heads) per block, at most
+#define TQ_FA_MAX_COLS 8  // query columns (tokens x GQA heads) per block, at most (4 for head size 256: registers)
 #define TQ_FA_MAX_TOK  8  // more tokens than this: upstream's tensor-core path (K/V converted to f16)
 
 typedef void (*tq_fattn_launch_t)(const tq_fattn_params &, cudaStream_t);
+
+// query columns per block, at most
+static int tq_fattn_max_cols(const int D) {
+    return D == 256 ? 4 : TQ_FA_MAX_COLS;
+}
 
 // query columns per block of the instance that serves n_col columns (2, 4 or 8)
 static int tq_fattn_nc(const int n_col) {
@@ -21,7 +26,7 @@ static tq_fattn_launch_t tq_fattn_pick_nc(const int n_col) {
     switch (tq_fattn_nc(n_col)) {
         case 2:  return tq_fattn_launch<D, type_K, type_V, 2>;
         case 4:  return tq_fattn_launch<D, type_K, type_V, 4>;
-        default: return tq_fattn_launch<D, type_K, type_V, 8>;
+        default: return tq_fattn_launch<D, type_K, type_V, D == 256 ? 4 : 8>;  // D = 256: never picked
     }
 }
 
@@ -79,7 +84,7 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
         return false;
     }
     // a query column group must fit one block: GQA groups wider than the block are split over blocks
-    return tq_fattn_pick((int) D, K->type, V->type, std::min(tq_fattn_n_col(dst), TQ_FA_MAX_COLS)) != nullptr;
+    return tq_fattn_pick((int) D, K->type, V->type, std::min(tq_fattn_n_col(dst), tq_fattn_max_cols((int) D))) != nullptr;
 }
 
 #define TQ_FA_COMBINE_THREADS 256
@@ -201,7 +206,7 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.n_kv_head   = (int) K->ne[2];
     p.gqa         = p.n_head / p.n_kv_head;
     p.n_col       = tq_fattn_n_col(dst);
-    const int nc  = std::min(p.n_col, TQ_FA_MAX_COLS);
+    const int nc  = std::min(p.n_col, tq_fattn_max_cols(D));
     const int NC  = tq_fattn_nc(nc);
     p.n_col_grp   = (p.n_col + NC - 1) / NC;
     p.n_kv        = (int) K->ne[1];
@@ -212,14 +217,15 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.nb31 = mask ? mask->nb[1] : 0;
     p.nb33 = mask ? mask->nb[3] : 0;
 
-    // split the KV rows over blocks until the GPU has about 6 blocks per SM (a block keeps its 4 warps busy
-    // only between its barriers: several blocks per SM hide each other's latency); a split is whole tiles
+    // split the KV rows over blocks until the GPU holds about one wave (3 blocks per SM: the kernel's
+    // launch bounds), a split being whole steps of the block (4 warps x 32 rows) and at least two of them:
+    // a short cache (decode at depth 0) is one split, with no combine kernel after it
     const int nsm        = ggml_cuda_info().devices[ctx.device].nsm;
-    const int tile       = tq_fa_tile(D);
+    const int step       = tq_fa_tile(D);
     const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
-    const int want_split = std::max(1, (6 * nsm + base - 1) / base);
-    const int n_tiles    = (p.n_kv + tile - 1) / tile;
-    p.kv_per_split       = std::max(1, (n_tiles + want_split - 1) / want_split) * tile;
+    const int want_split = std::max(1, (3 * nsm + base - 1) / base);
+    const int n_steps    = (p.n_kv + step - 1) / step;
+    p.kv_per_split       = std::max(2, (n_steps + want_split - 1) / want_split) * step;
     p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);
 
     cudaStream_t stream = ctx.stream();

@@ -6,7 +6,8 @@
 //   - K: Q·K from the codes, d * sum_j q_j * level[code_j] (Q is already in the rotated domain: upstream's
 //     attn_rot rotates Q and K in the graph, the type never rotates again);
 //   - V: each value decoded in registers from its code / trellis window (O(1) random access);
-//   - online softmax per 128-row tile, KV split over blocks when the GPU would idle, then a combine kernel.
+//   - each warp streams chunks of 32 rows with its own online softmax (no block barrier in the loop); the KV
+//     rows are split over blocks when the GPU would idle, then a combine kernel.
 // Type pairs are compiled for the pairs in TQ_FA_PAIRS (CMake option LLAMA_TQ_CUDA_FA_PAIRS); others take
 // upstream's path (K and V converted to f16).
 #pragma once
@@ -25,9 +26,10 @@
 
 #define TQ_FA_NTHREADS 128  // 4 warps
 
-// KV rows per tile (one softmax step; the tile's K and V bytes are staged in shared memory)
+// KV rows a block takes per step (each of its 4 warps a chunk of 32); a KV split is whole steps
 static constexpr __host__ __device__ int tq_fa_tile(const int D) {
-    return D <= 64 ? 128 : 64;
+    (void) D;
+    return 128;
 }
 
 struct tq_fattn_params {
