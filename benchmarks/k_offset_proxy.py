@@ -11,6 +11,10 @@ llama_tq.calibrate.model_samples), then quantized with the CPU reference (llama_
    a context of C positions, the mean of RoPE_p(m) over p < C, is removed from held-out keys of window B
    placed at positions spread over 0..C-1 (B's own pre-RoPE keys re-RoPE'd there: positions past 2048 are
    synthetic). Printed: K's quantization error with centering / without, per context C.
+3. V centering (not shipped): a per-layer V mean c, estimated on window A, removed from window B's rows
+   before quantizing (attention would add it back exactly: the probabilities sum to 1). Printed: the share
+   of V's energy in its mean, and V's quantization error with centering / without (error of the original
+   rows, since c returns exactly).
 
     python benchmarks/k_offset_proxy.py [--model M.gguf] [--text brown.txt] [--ctx 2048] [--out DIR]
 
@@ -125,6 +129,23 @@ def plot(signs: list[dict], means: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def v_centering(samples: dict[str, np.ndarray], ctx: int) -> list[dict]:
+    share_num = share_den = 0.0
+    err: dict[str, list[float]] = {}
+    for key, x in samples.items():
+        if key[0] != "v":
+            continue
+        a, b = x[:ctx].astype(np.float64), x[ctx:2 * ctx].astype(np.float64)
+        c = a.mean(axis=0)  # rotated domain: the rotation is linear, so this is H times the plain mean
+        share_num += float(len(b) * (c ** 2).sum())
+        share_den += float((b ** 2).sum())
+        for t in V_TYPES:
+            e = err.setdefault(t, [0.0, 0.0])
+            e[0] += quant_error(t, b)
+            e[1] += quant_error(t, b - c)
+    return [{"type": t, "mean_energy_share": share_num / share_den, "ratio": err[t][1] / err[t][0]} for t in V_TYPES]
+
+
 def main() -> int:
     from llama_tq.calibrate.model_samples import collect_model_samples
     from llama_tq.testmodel import test_model_path
@@ -146,6 +167,7 @@ def main() -> int:
         samples = collect_model_samples(model, args.text, n_ctx=args.ctx, n_chunks=2, model=loaded)
     signs = random_signs(samples, args.seed)
     means = k_centering(samples, args.ctx, loaded)
+    v_means = v_centering(samples, args.ctx)
 
     lines = [f"{Path(model).name}: 2 windows of {args.ctx} tokens of {args.text.name}", "",
              "| type | rel. MSE, H | rel. MSE, D·H·D | ratio |", "|---|---|---|---|"]
@@ -153,12 +175,15 @@ def main() -> int:
     lines += ["", "| K type | " + " | ".join(f"error ratio, context {c}" for c in CONTEXTS) + " |",
               "|---" * (1 + len(CONTEXTS)) + "|"]
     lines += [f"| {r['type']} | " + " | ".join(f"{r[f'ratio_{c}']:.3f}" for c in CONTEXTS) + " |" for r in means]
+    lines += ["", "| V type | mean's share of V energy | error ratio, centered / not |", "|---|---|---|"]
+    lines += [f"| {r['type']} | {r['mean_energy_share']:.3f} | {r['ratio']:.3f} |" for r in v_means]
     text = "\n".join(lines)
     print(text)
 
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "k_offset.md").write_text(text + "\n")
-    (args.out / "k_offset.json").write_text(json.dumps({"random_signs": signs, "k_centering": means}, indent=1))
+    record = {"random_signs": signs, "k_centering": means, "v_centering": v_means}
+    (args.out / "k_offset.json").write_text(json.dumps(record, indent=1))
     plot(signs, means, args.out / "k_offset.png")
     print(f"wrote {args.out}/k_offset.md, .json and .png")
     return 0
