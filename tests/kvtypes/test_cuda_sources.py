@@ -52,13 +52,16 @@ def test_default_pairs_name_existing_k_and_v_types() -> None:
         assert v in v_types, v
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_every_dispatched_head_size_has_an_instance_file(head_dim: int) -> None:
+@pytest.mark.parametrize(("head_dim", "max_cols"), [(64, 8), (128, 8), (256, 4)])
+def test_every_dispatched_head_size_has_an_instance_file(head_dim: int, max_cols: int) -> None:
+    """Each head size has instances for 2 query columns up to its largest (4 at 256: registers), and the
+    host caps the columns of a block at that largest for 256 (tq_fattn_max_cols)."""
     dispatch = (CUDA / "tq-fattn.cu").read_text()
     assert f"case {head_dim}:" in dispatch
     inst = (CUDA / f"tq-fattn-d{head_dim}.cu").read_text()
-    assert f"TQ_FA_INSTANCE_NC({head_dim}, K, V, 2)" in inst
-    assert f"TQ_FA_INSTANCE_NC({head_dim}, K, V, 8)" in inst
+    for nc in (2, 4, 8):
+        assert (f"TQ_FA_INSTANCE_NC({head_dim}, K, V, {nc})" in inst) == (nc <= max_cols), nc
+    assert "return D == 256 ? 4 : TQ_FA_MAX_COLS;" in dispatch
 
 
 def configure_pairs(tmp_path: Path, pairs: str) -> tuple[int, str, str]:

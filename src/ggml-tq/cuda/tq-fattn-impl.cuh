@@ -150,7 +150,10 @@ static __device__ __forceinline__ int tq_fa_rs_col(const int lane) {
 //      column the warp's running max and per-lane partial sums.
 //   V: VE values per lane, VL = D / VE lanes per row, VR = 32 / VL rows per pass, decoded in registers from
 //      the bank-spread copies of the table; the block scale goes into the probability.
-// Registers bound the shape: NC * KE (Q) + NC * VE (accumulators) is 96 for NC <= 4.
+// Registers bound the shape: Q (NC * KE) and the accumulators (NC * VE) are 64 + 32 for NC = 4 at head size 64,
+// under a cap of 168 (3 blocks per SM). With nvcc 13 (sm_90) the hd64 NC <= 4 instances spill at most 24 bytes
+// (reloaded once per chunk); NC = 8, head size 128 with NC = 4 and head size 256 spill 100-550 bytes (speed,
+// not correctness; not timed: the benchmarked shapes are NC = 4 at hd64 and NC = 2 at hd128).
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
 __launch_bounds__(TQ_FA_NTHREADS, 3)
 static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
