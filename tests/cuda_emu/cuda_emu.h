@@ -1,0 +1,176 @@
+// llama-tq: host emulation of the CUDA features that the flash-attention decode kernel
+// (src/ggml-tq/cuda/tq-fattn-impl.cuh) uses, so that its real source compiles with a C++ compiler and runs
+// on an x86-64 CPU (tests/cuda_emu/test_fattn_emu.py builds it; fattn_emu.cpp is the test).
+//
+// What is emulated:
+//   - a thread block of up to EMU_MAX_THREADS threads: every thread (a "lane") is a coroutine with its own
+//     stack, run one at a time on one CPU thread; the blocks of a grid run one after another;
+//   - __syncwarp() and __syncthreads() as real barriers: a lane stops there until every lane of its warp (of
+//     its block) has arrived. A barrier that cannot complete (a lane finished, or waits at another barrier)
+//     is reported as an error: CUDA leaves it undefined;
+//   - __shfl_xor_sync() as an exchange through a buffer between two warp barriers, with CUDA's rule for a
+//     width below 32 (a lane of a later group gives the caller its own value);
+//   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
+//   - __half, float2 and the few intrinsics the kernel calls (__expf is expf, __funnelshift_r, ...).
+// Lanes switch only at barriers, in an order the caller picks (forward, backward, or shuffled in every
+// round): a missing barrier shows up as a lane reading shared memory that another lane has not written yet,
+// or has already overwritten. Forward and backward order together expose any such pair of lanes.
+//
+// What it cannot show: real warp scheduling and timing; the GPU memory model beyond barriers (fences,
+// visibility without a barrier, atomics, caching); in particular a shuffle synchronizes the lanes here, so a
+// missing __syncwarp goes unseen when a shuffle stands between the accesses it should order (CUDA does not
+// promise that a shuffle orders shared memory); bank conflicts, register spills, occupancy, launch bounds;
+// misaligned accesses (x86 forgives them) and out-of-bounds reads other than past the end of a buffer that
+// the harness guards with a page; the accuracy of fast-math intrinsics (__expf is computed as expf) and of
+// nvcc's contraction of a * b + c into one fma.
+#pragma once
+
+#if !defined(__x86_64__)
+#error "cuda_emu: the lane coroutines switch stacks with x86-64 assembly"
+#endif
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+
+#define __device__
+#define __host__
+#define __global__
+#define __forceinline__ inline
+#define __restrict__    __restrict
+#define __shared__      static
+#define __align__(n)    __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+
+#define WARP_SIZE       32
+#define EMU_MAX_THREADS 256
+
+struct emu_dim3 {
+    unsigned x, y, z;
+};
+
+extern emu_dim3 threadIdx;
+extern emu_dim3 blockIdx;
+
+enum emu_order {
+    EMU_ORDER_FORWARD,   // lane 0 first in every round
+    EMU_ORDER_BACKWARD,  // the last lane first
+    EMU_ORDER_SHUFFLED,  // a new random permutation in every round
+};
+
+// the order in which lanes run between barriers (seed: for EMU_ORDER_SHUFFLED)
+void emu_set_order(emu_order order, uint64_t seed);
+
+// runs body() as n_threads lanes (a multiple of 32, at most EMU_MAX_THREADS) until all of them return;
+// threadIdx.x is the running lane, blockIdx is left as the caller set it
+void emu_run_block(int n_threads, const std::function<void()> & body);
+
+void     emu_warp_sync();
+void     emu_block_sync();
+uint64_t emu_shfl(uint64_t bits, int src_lane);  // the bits that lane src_lane of the warp passes
+void     emu_fatal(const char * msg);
+
+static inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    if (mask != 0xffffffffu) {
+        emu_fatal("__syncwarp: only the full mask is emulated");
+    }
+    emu_warp_sync();
+}
+
+static inline void __syncthreads() {
+    emu_block_sync();
+}
+
+template <typename T>
+static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = WARP_SIZE) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of more than 8 bytes");
+    if (mask != 0xffffffffu) {
+        emu_fatal("__shfl_xor_sync: only the full mask is emulated");
+    }
+    const int lane = (int) threadIdx.x % WARP_SIZE;
+    int       src  = lane ^ lane_mask;
+    if (src >= (lane / width + 1) * width) {
+        src = lane;
+    }
+    uint64_t bits = 0;
+    memcpy(&bits, &var, sizeof(T));
+    bits = emu_shfl(bits, src);
+    T res;
+    memcpy(&res, &bits, sizeof(T));
+    return res;
+}
+
+// as ggml-cuda's common.cuh
+template <int width = WARP_SIZE>
+static inline float warp_reduce_sum(float x) {
+    for (int offset = width / 2; offset > 0; offset >>= 1) {
+        x += __shfl_xor_sync(0xffffffffu, x, offset, width);
+    }
+    return x;
+}
+
+template <int width = WARP_SIZE>
+static inline float warp_reduce_max(float x) {
+    for (int offset = width / 2; offset > 0; offset >>= 1) {
+        x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, offset, width));
+    }
+    return x;
+}
+
+static inline float get_alibi_slope(const float max_bias, const uint32_t h, const uint32_t n_head_log2,
+                                    const float m0, const float m1) {
+    if (max_bias <= 0.0f) {
+        return 1.0f;
+    }
+    const float base = h < n_head_log2 ? m0 : m1;
+    const int   exph = h < n_head_log2 ? h + 1 : 2 * (h - n_head_log2) + 1;
+    return powf(base, exph);
+}
+
+// ---- types and intrinsics ----
+
+struct __half {
+    uint16_t x;
+};
+typedef __half half;
+
+static inline float __half2float(const __half h) {
+    const uint32_t sign = h.x >> 15;
+    const int      exp  = (h.x >> 10) & 31;
+    const uint32_t man  = h.x & 1023;
+    float          f;
+    if (exp == 0) {
+        f = ldexpf((float) man, -24);
+    } else if (exp == 31) {
+        f = man ? NAN : INFINITY;
+    } else {
+        f = ldexpf((float) (man | 1024), exp - 25);
+    }
+    return sign ? -f : f;
+}
+
+static inline __half __ushort_as_half(const unsigned short u) {
+    return __half{ u };
+}
+
+struct alignas(8) float2 {
+    float x, y;
+};
+
+static inline float2 make_float2(const float x, const float y) {
+    return float2{ x, y };
+}
+
+#define __expf(x) expf(x)  // a macro: glibc declares a __expf of its own
+
+static inline uint32_t __funnelshift_r(const uint32_t lo, const uint32_t hi, const uint32_t shift) {
+    return (uint32_t) ((((uint64_t) hi << 32) | lo) >> (shift & 31));
+}
+
+using std::max;
+using std::min;

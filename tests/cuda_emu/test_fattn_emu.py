@@ -1,0 +1,274 @@
+"""The CUDA decode kernel (src/ggml-tq/cuda/tq-fattn-impl.cuh) on a CPU: no GPU and no nvcc needed.
+
+The real kernel source is compiled with the system C++ compiler against the CUDA emulation of this folder
+(cuda_emu.h: 128 lanes as coroutines, __syncwarp / __syncthreads / shuffles as real barriers) and run by
+fattn_emu.cpp, which compares every output with attention computed in float64 from the CPU reference decoder
+(src/ggml-tq, built by tests/formats/conftest.py's build_library). Tolerance: per output row,
+max |out - ref| / max(max |ref|, 1e-3) < 1e-4 (float32 gives about 1e-6).
+
+The kernel file is copied into the build folder at test time, minus its host launcher (the `<<<...>>>` launch
+is not C++); the shims common.cuh and ggml.h stand for ggml-cuda's common.cuh and the patched ggml.h.
+
+Covered: every K type with every V type (codebook, trellis, trellis + outliers) for every compiled head size
+and NC (216 instances), partial chunks, warps without rows, KV splits, several column groups and unused
+columns, GQA, two sequences, both Q layouts, masks (random, causal, window, fully masked rows), softcap,
+ALiBi, sinks; each in forward, backward and shuffled lane order. Mutated copies of the kernel (a barrier
+removed, the outlier slot order swapped, the 3-bit K code alignment dropped) must fail.
+
+Not covered (see cuda_emu.h): timing, the memory model beyond barriers (a shuffle synchronizes the lanes
+here, so the __syncwarp at the end of a chunk, whose accesses a shuffle also separates, can be removed
+unseen), registers and occupancy, the accuracy of fast-math intrinsics, the combine kernel of tq-fattn.cu
+(its formula is applied in float64).
+
+Run one case by hand: build as build_emulator() does, then `fattn_emu --case N --order backward`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+SRC = ROOT / "src" / "ggml-tq"
+CUDA = SRC / "cuda"
+KERNEL = CUDA / "tq-fattn-impl.cuh"
+HOST_KERNEL = "tq-fattn-impl-emu.cuh"  # the name fattn_emu_kernels.cpp includes
+
+CXX = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+CXXFLAGS = [
+    "-std=c++17",
+    "-fno-strict-aliasing",  # the kernel reads byte buffers through wider pointers, as CUDA code does
+    "-fcf-protection=none",  # no shadow stack: the lanes switch stacks
+    "-Wall",
+    "-Wextra",
+    "-Wno-unknown-pragmas",  # #pragma unroll
+]
+# the kernel units (216 instances) take most of the build: -Og compiles them in a third of -O1's time and runs
+# them nearly as fast; the scheduler and the reference get -O1
+OPT_KERNELS = "-Og"
+OPT_OTHERS = "-O1"
+HEAD_SIZES = (64, 128, 256)
+ORDERS = ("forward", "backward", "shuffled")
+
+# fattn_emu's case list: 3 head sizes x 27 pairs x 16 short cases, then 18 long ones; 27 pairs x (3 + 3 + 2) NC
+EXPECTED_CASES = 3 * 27 * 16 + 18
+EXPECTED_INSTANCES = 27 * 8
+TIMEOUT_S = 600
+
+SUMMARY = re.compile(
+    r"fattn_emu: order=(\w+) cases=(\d+) failed=(\d+) worst_rel_err=(\S+) tol=(\S+) instances=(\d+)/(\d+)"
+)
+
+
+def skip_reason() -> str | None:
+    if platform.machine().lower() not in ("x86_64", "amd64") or not sys.platform.startswith("linux"):
+        here = f"{sys.platform}/{platform.machine()}"
+        return f"the CUDA emulation switches stacks with x86-64 ELF assembly (this machine: {here})"
+    if CXX is None:
+        return "no C++ compiler found (c++, g++, clang++ or $CXX)"
+    return None
+
+
+def formats_harness() -> ModuleType:
+    """tests/formats/conftest.py as a module: its build_library() builds the CPU reference (libtq.so)."""
+    path = ROOT / "tests" / "formats" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("tq_formats_harness", path)
+    assert spec is not None and spec.loader is not None, path
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def host_kernel(text: str) -> str:
+    """The kernel file without its host launcher tq_fattn_launch (a <<<...>>> launch; the emulator has its own)."""
+    launcher = re.compile(r"template <[^\n]*>\nvoid tq_fattn_launch\([^)]*\) \{\n.*?\n\}\n", re.S)
+    out, n = launcher.subn("", text)
+    assert n == 1, f"{KERNEL.name}: expected one definition of tq_fattn_launch to remove, found {n}"
+    assert "<<<" not in out, f"{KERNEL.name}: a <<<...>>> launch other than tq_fattn_launch's"
+    return out
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    old: str  # must occur exactly once in the kernel
+    new: str
+    pairs: str  # the EMU_PAIRS list of the mutated build
+    cases: int  # short cases of that build: 3 head sizes x 16 per pair
+
+
+MUTATIONS = [
+    # the scores of a chunk are read back by other lanes (lane = row) without a barrier
+    Mutation(
+        "score-syncwarp",
+        "        __syncwarp();\n\n        // ---- online softmax of the chunk: lane = row ----\n",
+        "\n        // ---- online softmax of the chunk: lane = row ----\n",
+        "X(KTQ3, VTQ2_2)",
+        48,
+    ),
+    # vtqb_3: the second outlier slot must win when both name the same position
+    Mutation(
+        "outlier-slot-order",
+        "for (int s = 0; s < FV::n_out; ++s) {  // in slot order: a later slot wins\n",
+        "for (int s = FV::n_out - 1; s >= 0; --s) {  // in slot order: a later slot wins\n",
+        "X(KTQ2, VTQ4_3)",
+        48,
+    ),
+    # ktq3: a lane's 3-bit codes can start at an odd byte
+    Mutation(
+        "k-odd-byte",
+        "        return odd ? w >> (8 * (byte & 1)) : w;\n",
+        "        return w;\n",
+        "X(KTQ3, VTQ3_1)",
+        48,
+    ),
+]
+
+
+def apply_mutation(text: str, m: Mutation) -> str:
+    n = text.count(m.old)
+    if n != 1:
+        pytest.fail(
+            f"mutation {m.name!r}: the text it replaces occurs {n} times in {KERNEL} (expected once); "
+            f"update MUTATIONS in {Path(__file__).name} to the kernel's current source:\n{m.old}"
+        )
+    return text.replace(m.old, m.new)
+
+
+def compile_all(jobs: list[list[str]]) -> None:
+    def run(cmd: list[str]) -> tuple[list[str], subprocess.CompletedProcess]:
+        return cmd, subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    with ThreadPoolExecutor(max_workers=max(2, cores)) as pool:
+        for cmd, res in pool.map(run, jobs):
+            if res.returncode != 0:
+                raise RuntimeError(f"build failed:\n{' '.join(cmd)}\n{res.stderr[-8000:]}")
+
+
+def build_emulator(out: Path, kernel_text: str, ref_lib: Path, pairs: str | None = None) -> Path:
+    """Compiles fattn_emu against kernel_text (the kernel file's content) and links it with the CPU reference."""
+    assert CXX is not None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / HOST_KERNEL).write_text(host_kernel(kernel_text))
+    flags = [*CXXFLAGS, "-I", str(out), "-I", str(HERE), "-I", str(CUDA), "-I", str(SRC)]
+    if pairs is not None:
+        flags.append(f"-DEMU_PAIRS(X)={pairs}")
+    jobs, objs = [], []
+    units = [("fattn_emu_kernels.cpp", [OPT_KERNELS, f"-DEMU_HEAD_SIZE={d}"], f"kernels_d{d}.o") for d in HEAD_SIZES]
+    units += [("fattn_emu.cpp", [OPT_OTHERS], "fattn_emu.o"), ("cuda_emu.cpp", [OPT_OTHERS], "cuda_emu.o")]
+    for src, extra, obj in units:  # the kernel units first: they take most of the time
+        jobs.append([CXX, *flags, *extra, "-c", str(HERE / src), "-o", str(out / obj)])
+        objs.append(str(out / obj))
+    compile_all(jobs)
+    exe = out / "fattn_emu"
+    lib_dir = str(ref_lib.parent)
+    link = [CXX, *objs, "-L", lib_dir, "-ltq", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", str(exe)]
+    res = subprocess.run(link, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if res.returncode != 0:
+        raise RuntimeError(f"link failed:\n{' '.join(link)}\n{res.stderr[-8000:]}")
+    return exe
+
+
+@dataclass
+class RunResult:
+    args: list[str]
+    returncode: int
+    output: str
+    cases: int = -1
+    failed: int = -1
+    worst: float = float("nan")
+    instances: tuple[int, int] = (-1, -1)
+
+
+def run_emulator(exe: Path, arg_sets: list[list[str]]) -> list[RunResult]:
+    """Runs fattn_emu once per argument list, all at once (one process per core is the intent)."""
+    env = {k: v for k, v in os.environ.items() if k != "LLAMA_TQ_CODEBOOK"}  # the built-in tables
+    procs = []
+    for args in arg_sets:
+        cmd = [str(exe), *args]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        procs.append((args, proc))
+    results = []
+    for args, proc in procs:
+        try:
+            output, _ = proc.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            output, _ = proc.communicate()
+            output += f"\n(killed after {TIMEOUT_S} s)"
+        r = RunResult(args, proc.returncode, output)
+        m = SUMMARY.search(output)
+        if m:
+            r.cases, r.failed, r.worst = int(m[2]), int(m[3]), float(m[4])
+            r.instances = (int(m[6]), int(m[7]))
+        results.append(r)
+    return results
+
+
+def tail(text: str, n: int = 40) -> str:
+    return "\n".join(text.splitlines()[-n:])
+
+
+@pytest.fixture(scope="module")
+def ref_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    formats = formats_harness()
+    if shutil.which(formats.CC) is None:
+        pytest.skip(f"no C compiler found ({formats.CC}) for the CPU reference")
+    return formats.build_library(tmp_path_factory.mktemp("tqlib"))
+
+
+@pytest.fixture(scope="module")
+def emulator(ref_lib: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_emulator(tmp_path_factory.mktemp("fattn_emu"), KERNEL.read_text(), ref_lib)
+
+
+def test_mutation_anchors_exist() -> None:
+    """Runs everywhere (no compiler needed): a renamed line must not silently disable a mutation test."""
+    text = KERNEL.read_text()
+    host_kernel(text)
+    for m in MUTATIONS:
+        apply_mutation(text, m)
+
+
+def test_kernel_matches_float64_reference(emulator: Path) -> None:
+    results = run_emulator(emulator, [["--order", order, "--seed", "7"] for order in ORDERS])
+    for r in results:
+        print(tail(r.output, 5))
+        what = f"fattn_emu {' '.join(r.args)} (exit status {r.returncode}):\n{tail(r.output)}"
+        assert r.returncode == 0, what
+        assert r.cases == EXPECTED_CASES, what
+        assert r.failed == 0, what
+        assert r.worst < 1e-4, what
+        assert r.instances == (EXPECTED_INSTANCES, EXPECTED_INSTANCES), what
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
+def test_mutated_kernel_fails(mutation: Mutation, ref_lib: Path, tmp_path: Path) -> None:
+    text = apply_mutation(KERNEL.read_text(), mutation)
+    exe = build_emulator(tmp_path / "build", text, ref_lib, pairs=mutation.pairs)
+    results = run_emulator(exe, [["--order", order, "--no-long"] for order in ("forward", "backward")])
+    report = "\n".join(
+        f"fattn_emu {' '.join(r.args)}: exit status {r.returncode}\n{tail(r.output, 8)}" for r in results
+    )
+    print(report)
+    for r in results:
+        assert r.returncode in (0, 1), f"the harness crashed instead of reporting failures:\n{report}"
+        assert r.cases == mutation.cases, report
+    assert sum(r.failed for r in results) > 0, f"mutation {mutation.name!r} went unnoticed:\n{report}"
+    assert any(r.returncode == 1 for r in results), report
