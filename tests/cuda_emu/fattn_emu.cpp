@@ -339,7 +339,7 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
     p.nb31 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) : 0;
     p.nb33 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) * c.n_tok : 0;
 
-    const int step       = tq_fa_tile(D);
+    const int step       = TQ_FA_STEP;
     const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
     const int want_split = std::max(1, (3 * c.n_sm + base - 1) / base);
     const int n_steps    = (p.n_kv + step - 1) / step;

@@ -165,7 +165,8 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 
     constexpr int  NW    = TQ_FA_NWARPS;
     constexpr int  RW    = WARP_SIZE;                                       // rows per warp chunk
-    constexpr int  KE    = (NC <= 4 ? 16 : 8) > D / 32 ? (NC <= 4 ? 16 : 8) : D / 32;  // K: values per lane
+    constexpr int  KE0   = NC <= 4 ? 16 : 8;                                // K: values per lane,
+    constexpr int  KE    = KE0 > D / 32 ? KE0 : D / 32;                     //    at least D / 32
     constexpr int  KL    = D / KE;                                          //    lanes per row
     constexpr int  KR    = WARP_SIZE / KL;                                  //    rows per pass
     constexpr int  KP    = RW / KR;                                         //    passes per chunk

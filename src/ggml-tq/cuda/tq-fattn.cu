@@ -12,7 +12,7 @@
 typedef void (*tq_fattn_launch_t)(const tq_fattn_params &, cudaStream_t);
 
 // query columns per block, at most
-static int tq_fattn_max_cols(const int D) {
+static constexpr int tq_fattn_max_cols(const int D) {
     return D == 256 ? 4 : TQ_FA_MAX_COLS;
 }
 
@@ -26,7 +26,7 @@ static tq_fattn_launch_t tq_fattn_pick_nc(const int n_col) {
     switch (tq_fattn_nc(n_col)) {
         case 2:  return tq_fattn_launch<D, type_K, type_V, 2>;
         case 4:  return tq_fattn_launch<D, type_K, type_V, 4>;
-        default: return tq_fattn_launch<D, type_K, type_V, D == 256 ? 4 : 8>;  // D = 256: never picked
+        default: return tq_fattn_launch<D, type_K, type_V, tq_fattn_max_cols(D)>;  // D = 256: never picked
     }
 }
 
@@ -221,7 +221,7 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     // launch bounds), a split being whole steps of the block (4 warps x 32 rows) and at least two of them:
     // a short cache (decode at depth 0) is one split, with no combine kernel after it
     const int nsm        = ggml_cuda_info().devices[ctx.device].nsm;
-    const int step       = tq_fa_tile(D);
+    const int step       = TQ_FA_STEP;
     const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
     const int want_split = std::max(1, (3 * nsm + base - 1) / base);
     const int n_steps    = (p.n_kv + step - 1) / step;

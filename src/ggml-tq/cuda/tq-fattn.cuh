@@ -27,10 +27,7 @@
 #define TQ_FA_NTHREADS 128  // 4 warps
 
 // KV rows a block takes per step (each of its 4 warps a chunk of 32); a KV split is whole steps
-static constexpr __host__ __device__ int tq_fa_tile(const int D) {
-    (void) D;
-    return 128;
-}
+#define TQ_FA_STEP TQ_FA_NTHREADS
 
 struct tq_fattn_params {
     const char *  Q;
