@@ -5,6 +5,8 @@
 
 #include "tq-cuda.cuh"
 
+#include <type_traits>
+
 #include <cmath>
 #include <cstring>
 
@@ -304,7 +306,8 @@ struct tq_cuda_loc_cpy {
     }
 };
 
-// ---- scalar codebook encoder (ktqb, vtqb_1): tq_codebook_quantize_block of tq-codebook.c, one thread per block
+// ---- scalar codebook encoder (ktqb, vtqb_1): tq_codebook_quantize_block of tq-codebook.c, one warp per block and
+// starting scale (see tq_k_encode_codebook)
 
 #define TQ_CB_ITERS 8
 
@@ -331,12 +334,14 @@ static tq_cuda_cb_params tq_cuda_host_cb_params() {
     return p;
 }
 
+// the nearest of n sorted levels, given the n - 1 ascending mid-points thr: the count of thresholds below x (the
+// index a binary search finds; counted with constant indices so that thr stays in registers, not local memory)
 template <int n>
-static __device__ __forceinline__ int tq_cuda_nearest(const double * thr, const double x) {
+static __device__ __forceinline__ int tq_cuda_nearest(const double (&thr)[n - 1], const double x) {
     int c = 0;
 #pragma unroll
-    for (int step = n >> 1; step > 0; step >>= 1) {
-        c += x > thr[c + step - 1] ? step : 0;
+    for (int i = 0; i < n - 1; ++i) {
+        c += x > thr[i] ? 1 : 0;
     }
     return c;
 }
@@ -434,6 +439,12 @@ tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_para
         double d     = si == 0 ? sqrt(ss / QK_TQ) : amax / lmax;
         double d_fit = 0.0;
         double e_fit = ss;
+        // the error of each iteration's scale does not steer the iterations: its warp sums are taken after the
+        // loop, side by side, instead of one chain of shuffles per iteration
+        double dns[TQ_CB_ITERS];
+        double errp[TQ_CB_ITERS];  // this lane's part of the iteration's squared error
+        int    n_it = 0;
+#pragma unroll
         for (int it = 0; it < TQ_CB_ITERS; ++it) {
 #pragma unroll
             for (int i = 0; i < n - 1; ++i) {
@@ -449,15 +460,25 @@ tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_para
             if (!changed || !(num > 0.0) || !(den > 0.0)) {
                 break;
             }
-            const double dn  = num / den;
-            const double e0  = x0 - dn * s_lv[c0];
-            const double e1  = x1 - dn * s_lv[c1];
-            const double err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
-            if (err < e_fit) {
-                e_fit = err;
-                d_fit = dn;
+            const double dn = num / den;
+            const double e0 = x0 - dn * s_lv[c0];
+            const double e1 = x1 - dn * s_lv[c1];
+            dns[it]         = dn;
+            errp[it]        = e0 * e0 + e1 * e1;
+            n_it            = it + 1;
+            d               = dn;
+        }
+        double errs[TQ_CB_ITERS];
+#pragma unroll
+        for (int it = 0; it < TQ_CB_ITERS; ++it) {
+            errs[it] = it < n_it ? tq_cuda_warp_sum(errp[it]) : 0.0;
+        }
+#pragma unroll
+        for (int it = 0; it < TQ_CB_ITERS; ++it) {
+            if (it < n_it && errs[it] < e_fit) {
+                e_fit = errs[it];
+                d_fit = dns[it];
             }
-            d = dn;
         }
         if (d_fit > 0.0) {
             const uint16_t d16 = tq_cuda_fp16_bits((float) fmin(d_fit, TQ_CUDA_FP16_MAX));
@@ -515,23 +536,24 @@ tq_k_encode_codebook(const Loc loc, const int64_t nblocks, const tq_cuda_cb_para
     tq_cuda_pack_codes<b>(codes, blk + F::qs_off, lane);
 }
 
-// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, two warps
-// (64 threads) per block, so that a decode step, which encodes a handful of blocks, waits for a short chain.
+// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one thread
+// block of two warps (64 threads) per trellis block, so that a decode step, which encodes a handful of blocks,
+// waits for a short chain.
 // Thread t owns predecessor group g = t and the K = 2^k states s = t + 64 j (s mod 64 = g; their table values
 // live in registers). A step takes the minimum over the group's K states g*K + h (ties: lowest h, remembered
 // for the trace-back), then writes the new costs of its own states: cost'(s) = m[s mod 64] + (y - t[s])^2
 // (weight-0 samples: m). Costs are double-buffered in shared memory with one float of padding per 32
-// (conflict-free for both access patterns), one named barrier per step. Arithmetic, order and tie rules are
-// those of tq-viterbi.inc, so the chosen path is the CPU's.
+// (conflict-free for both access patterns), one barrier per step. Arithmetic, order and tie rules are those of
+// tq-viterbi.inc, so the chosen path is the CPU's.
 
-#define TQ_VIT_BLOCKS 2                 // trellis blocks per thread block
-#define TQ_VIT_THREADS 64               // threads per trellis block
+#define TQ_VIT_THREADS 64               // threads per trellis block (= per thread block)
 
 template <int k>
 struct tq_vit_smem {
     static constexpr int NS = 1 << (k + 6);
     float    cost[2][NS + NS / 32];
     uint8_t  hb[QK_TQ][64];  // [step][group]: argmin h of the step's predecessor minimum
+    uint8_t  j2[QK_TQ / 2][64];  // [even step i / 2][group]: hb of step i | hb of step i - 1 on that path << k
     float    xv[QK_TQ];      // input block
     float    y[QK_TQ];       // Viterbi target
     uint16_t st[QK_TQ];      // path of the last pass
@@ -558,13 +580,13 @@ static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
     return (s & (K - 1)) * 64 + (g % Q) * K + g / Q;
 }
 
-// One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set). g_fix < 0: free;
-// else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the best path in ws.st (thread 0 writes;
-// a free pass only ws.st[32 .. 63]).
-// t: the thread's index in its trellis block (0..63), sub: the trellis block in the thread block.
-template <int k>
+// One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set; W0: the type has outlier
+// slots, else w0 is 0). g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the
+// best path in ws.st (thread 0 writes; a free pass only ws.st[32 .. 63]).
+// t: the thread's index (0..63).
+template <int k, bool W0>
 static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[1 << k], const uint64_t w0,
-                                   const int rot, const int g_fix, const int t, const int sub) {
+                                   const int rot, const int g_fix, const int t) {
     constexpr int K = 1 << k;
     const int     g = t;
 
@@ -584,47 +606,78 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
         }
     }
 
-    // the squared errors of the next step are computed before its barrier (y does not change during a
-    // pass), so that a step's critical path is the barrier, the predecessor minimum and one add
-    float ee[K];
-    bool  zi;
-    auto  errors = [&](const int i) {
-        const int   ii = (i + rot) & (QK_TQ - 1);
-        const float yi = ws.y[ii];
-        zi             = (w0 >> ii) & 1;
+    // the cost positions a step reads (the K predecessors of group g) and writes (states g + 64 j): the same in
+    // every step, so they stay in registers; steps go in pairs so that the buffer of each is fixed
+    int rd[K];
+    int wr[K];
+#pragma unroll
+    for (int h = 0; h < K; ++h) {
+        rd[h] = tq_vit_pos(g * K + h);
+        wr[h] = tq_vit_pos(g + 64 * h);
+    }
+    // bit i: sample (i + rot) % 64 has weight 0
+    const uint64_t wz = W0 ? (rot == 0 ? w0 : (w0 >> rot) | (w0 << (QK_TQ - rot))) : 0;
+
+    // step i: the minimum over the predecessors (ties: lowest h), then the new costs m + (y - t)^2 (weight 0:
+    // m), multiply and add rounded separately as the CPU does. The sample is read with the costs, after the
+    // barrier, so that the path from one barrier to the next is a load, the minimum and one add.
+    // Two-step back-pointers for the trace-back: an even step remembers its h and the group g1 that its best
+    // predecessor belongs to; the next (odd) step reads hb[i - 1][g1] beside its costs and stores j2.
+    int             p_h   = 0;            // pending: h of the last even step i,
+    const uint8_t * p_hbp = &ws.hb[0][0];  //          the hb of step i - 1 that completes it (a dummy at first)
+    auto step = [&](const int i, const float * src, float * dst, auto odd) {
+        constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
+        const float * yp = &ws.y[(i + rot) & (QK_TQ - 1)];  // addresses before the barrier
+        __syncthreads();
+        const float yi = *yp;
+        float       c[K];
+#pragma unroll
+        for (int h = 0; h < K; ++h) {
+            c[h] = src[rd[h]];
+        }
+        // (odd i: the hb that completes the pending back-pointer of step i - 1; at i = 1 a dummy, stored in
+        // j2[0], which the trace-back never reads)
+        const int hb_prev = ODD ? *p_hbp : 0;
+        // the minimum as a tree of pairs (log2 K levels instead of K - 1 in a chain); the right one of a pair
+        // wins only if strictly smaller, so the result is the lowest h of the minimum, as the CPU's scan
+        int hi[K];
+#pragma unroll
+        for (int h = 0; h < K; ++h) {
+            hi[h] = h;
+        }
+#pragma unroll
+        for (int w = 1; w < K; w *= 2) {
+#pragma unroll
+            for (int h = 0; h < K; h += 2 * w) {
+                const bool r = c[h + w] < c[h];
+                c[h]         = r ? c[h + w] : c[h];
+                hi[h]        = r ? hi[h + w] : hi[h];
+            }
+        }
+        const float v = c[0];
+        ws.hb[i][g]   = (uint8_t) hi[0];
+        if (!ODD) {
+            p_h   = hi[0];
+            p_hbp = &ws.hb[i - 1][((g << k) | hi[0]) & 63];
+        }
+        const bool zi = W0 && ((wz >> i) & 1);
 #pragma unroll
         for (int j = 0; j < K; ++j) {
             const float e = yi - t_reg[j];
-            ee[j]         = e * e;
+            dst[wr[j]]    = zi ? v : __fadd_rn(v, __fmul_rn(e, e));
+        }
+        if (ODD) {
+            ws.j2[i / 2][g] = (uint8_t) (p_h | hb_prev << k);
         }
     };
-    errors(1);
-
 #pragma unroll 1
-    for (int i = 1; i < QK_TQ; ++i) {
-        tq_cuda_pair_sync(sub);
-        const float * cur = ws.cost[(i - 1) & 1];
-        float *       nxt = ws.cost[i & 1];
-        float         v   = cur[tq_vit_pos(g * K)];
-        int           hb  = 0;
-#pragma unroll
-        for (int h = 1; h < K; ++h) {
-            const float c = cur[tq_vit_pos(g * K + h)];
-            if (c < v) {
-                v  = c;
-                hb = h;
-            }
-        }
-        ws.hb[i][g] = (uint8_t) hb;
-#pragma unroll
-        for (int j = 0; j < K; ++j) {
-            nxt[tq_vit_pos(g + 64 * j)] = zi ? v : v + ee[j];
-        }
-        if (i + 1 < QK_TQ) {
-            errors(i + 1);
-        }
+    for (int i = 1; i + 1 < QK_TQ; i += 2) {
+        step(i, ws.cost[0], ws.cost[1], std::true_type());
+        step(i + 1, ws.cost[1], ws.cost[0], std::false_type());
     }
-    tq_cuda_pair_sync(sub);
+    static_assert(QK_TQ % 2 == 0, "the last step (63) is odd and reads buffer 0");
+    step(QK_TQ - 1, ws.cost[0], ws.cost[1], std::true_type());
+    __syncthreads();
     const float * last = ws.cost[(QK_TQ - 1) & 1];
 
     if (g_fix < 0) {
@@ -659,7 +712,7 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             ws.bp[t / 32] = bp;
             ws.bs[t / 32] = bs;
         }
-        tq_cuda_pair_sync(sub);
+        __syncthreads();
     }
 
     if (t == 0) {
@@ -678,17 +731,23 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
                 }
             }
         }
-        int s             = sbest;
+        // one step back from 63, then two steps per back-pointer j2; a free pass is read at position 32 only
+        // (g_fix of the second pass): trace back that far
+        int s            = sbest;
         ws.st[QK_TQ - 1] = (uint16_t) s;
-        // a free pass is read at position 32 only (g_fix of the second pass): trace back that far
-        const int stop = g_fix < 0 ? QK_TQ / 2 : 0;
-        for (int i = QK_TQ - 1; i > stop; --i) {
+        s                = (s & 63) * K + ws.hb[QK_TQ - 1][s & 63];
+        ws.st[QK_TQ - 2] = (uint16_t) s;
+        const int stop   = g_fix < 0 ? QK_TQ / 2 : 0;
+        for (int i = QK_TQ - 2; i > stop; i -= 2) {
             const int gg = s & 63;
-            s            = gg * K + ws.hb[i][gg];
-            ws.st[i - 1] = (uint16_t) s;
+            const int jj = ws.j2[i / 2][gg];
+            const int s1 = gg * K + (jj & (K - 1));
+            s            = (s1 & 63) * K + (jj >> k);
+            ws.st[i - 1] = (uint16_t) s1;
+            ws.st[i - 2] = (uint16_t) s;
         }
     }
-    tq_cuda_pair_sync(sub);
+    __syncthreads();
 }
 
 // preparation as in tq_trellis_quantize_block, by the first warp of a trellis block with warp reductions:
@@ -769,7 +828,7 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
 }
 
 template <ggml_type type, class Loc>
-static __global__ void __launch_bounds__(TQ_VIT_BLOCKS * TQ_VIT_THREADS)
+static __global__ void __launch_bounds__(TQ_VIT_THREADS)
 tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type> tab, const float tmax_f) {
     using F             = tq_cuda_fmt<type>;
     constexpr int k     = F::b;
@@ -778,18 +837,13 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
     static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
 
     __shared__ float             s_tab[NS];
-    __shared__ tq_vit_smem<k>    s_ws[TQ_VIT_BLOCKS];
+    __shared__ tq_vit_smem<k>    ws;
     tq_cuda_load_tab<type>(s_tab, tab);
     __syncthreads();
 
-    const int     sub  = threadIdx.x / TQ_VIT_THREADS;
-    const int     t    = threadIdx.x % TQ_VIT_THREADS;
+    const int     t    = threadIdx.x;
     const int     lane = threadIdx.x % 32;
-    const int64_t ib   = (int64_t) blockIdx.x * TQ_VIT_BLOCKS + sub;
-    if (ib >= nblocks) {
-        return;  // both warps of the trellis block
-    }
-    tq_vit_smem<k> & ws = s_ws[sub];
+    const int64_t ib   = blockIdx.x;
 
     float t_reg[K];
 #pragma unroll
@@ -798,22 +852,22 @@ tq_k_encode_trellis(const Loc loc, const int64_t nblocks, const tq_cuda_tab<type
     }
     const char * xrow = loc.src_row(ib);
     ws.xv[t]          = *(const float *) (xrow + t * loc.nb00);
-    tq_cuda_pair_sync(sub);
+    __syncthreads();
 
     uint8_t * blk = loc.dst_blk(ib);
     if (t < 32) {
         tq_vit_prepare<type>(ws, blk, tmax_f, lane);
     }
-    tq_cuda_pair_sync(sub);
+    __syncthreads();
     if (ws.zero) {
         return;
     }
     const uint64_t w0 = ws.w0;
 
     // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
-    tq_vit_pass<k>(ws, t_reg, w0, QK_TQ / 2, -1, t, sub);
+    tq_vit_pass<k, (F::n_out > 0)>(ws, t_reg, w0, QK_TQ / 2, -1, t);
     const int g_fix = ws.st[QK_TQ / 2] & 63;
-    tq_vit_pass<k>(ws, t_reg, w0, 0, g_fix, t, sub);
+    tq_vit_pass<k, (F::n_out > 0)>(ws, t_reg, w0, 0, g_fix, t);
     if (t >= 32) {
         return;
     }
@@ -871,9 +925,8 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
         for (int i = 0; i < F::ntab; ++i) {
             tmax = fmaxf(tmax, fabsf(tab.v[i]));
         }
-        const int64_t nb = (nblocks + TQ_VIT_BLOCKS - 1) / TQ_VIT_BLOCKS;
-        GGML_ASSERT(nb <= INT32_MAX);
-        tq_k_encode_trellis<type, Loc><<<(unsigned) nb, TQ_VIT_BLOCKS * TQ_VIT_THREADS, 0, stream>>>(loc, nblocks, tab, tmax);
+        GGML_ASSERT(nblocks <= INT32_MAX);
+        tq_k_encode_trellis<type, Loc><<<(unsigned) nblocks, TQ_VIT_THREADS, 0, stream>>>(loc, nblocks, tab, tmax);
     } else {
         const int64_t nb = (nblocks + TQ_CB_BLOCKS - 1) / TQ_CB_BLOCKS;
         GGML_ASSERT(nb <= INT32_MAX);
