@@ -182,6 +182,10 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     constexpr int  VREP  = tq_fa_vrep<type_V>();
     constexpr int  VSH   = tq_fa_log2<VREP>() + 2;  // byte shift of a V table entry
     constexpr bool KPAIR = FK::b == 2;              // 2-bit K: one lookup gives two levels
+    // head size 64: a row is one block, so its K scale multiplies the summed score (not each lane's part) and
+    // its V scale goes into the probability in the softmax step (outlier V types keep the scale per value)
+    constexpr bool K1    = D == QK_TQ;
+    constexpr bool V1    = D == QK_TQ && FV::n_out == 0;
     using KC = tq_fa_kcodes<type_K, KE>;
     using VC = tq_fa_vcodes<type_V, VS>;
     static_assert(KL <= WARP_SIZE && VL <= WARP_SIZE && KP % KG == 0 && VP % VG == 0, "lane mapping");
@@ -303,7 +307,9 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
                 for (int u = 0; u < VE / VS; ++u) {
                     vw[i][u] = ok ? VC::load(vp, v_i0 + u * VS) : 0;
                 }
-                vd[i] = ok ? *(const uint16_t *) vp : 0;
+                if constexpr (!V1) {
+                    vd[i] = ok ? *(const uint16_t *) vp : 0;
+                }
                 if constexpr (FV::n_out > 0) {
                     static_assert(FV::n_out == 2 && FV::qs_off == 8, "two outlier slots");
                     vo[i][0] = ok ? tq_fa_ld16<2, uint32_t>(vp + 2) : 0;
@@ -313,6 +319,13 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             }
         };
         load_v(0);
+
+        // V1: the V scale of this lane's row, for the softmax below
+        float dv_row = 1.0f;
+        if constexpr (V1) {
+            const bool ok = FULL || kv0 + lane < kv_end;
+            dv_row = ok ? __half2float(*(const half *) (V + (int64_t) (kv0 + lane) * p.nb21)) : 0.0f;
+        }
 
         // the mask of each column at this lane's row (coalesced), for the softmax below
         float mv[NC];
@@ -362,11 +375,16 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
                     }
                 }
                 const float d = __half2float(__ushort_as_half((unsigned short) kd[i]));
+                if constexpr (!K1) {
 #pragma unroll
-                for (int c = 0; c < NC; ++c) {
-                    dot[c] *= d;
+                    for (int c = 0; c < NC; ++c) {
+                        dot[c] *= d;
+                    }
                 }
-                const float s = tq_fa_reduce_scatter<NC, KL>(dot, lane);
+                float s = tq_fa_reduce_scatter<NC, KL>(dot, lane);
+                if constexpr (K1) {
+                    s *= d;
+                }
                 if (KL == NC || w_wr) {
                     w_sp[(g0 + i) * KR] = s;
                 }
@@ -376,6 +394,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 
         // ---- online softmax of the chunk: lane = row ----
         float resc[NC];
+        bool  grew = false;  // a column's running max changed (else every resc is exactly 1)
 #pragma unroll
         for (int c = 0; c < NC; ++c) {
             float s = s_p[warp][c][lane];
@@ -389,18 +408,21 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             const float m_new  = fmaxf(m[c], warp_reduce_max(s));
             const float e      = __expf(s - m_new);
             resc[c]            = __expf(m[c] - m_new);
+            grew               = grew || m_new != m[c];
             m[c]               = m_new;
             l[c]               = l[c] * resc[c] + e;
-            s_p[warp][c][lane] = e;
+            s_p[warp][c][lane] = V1 ? e * dv_row : e;
         }
         __syncwarp();
 
         // ---- V: acc += p * v, values decoded in registers ----
+        if (grew) {  // warp-uniform: m is the warp's maximum
 #pragma unroll
-        for (int c = 0; c < NC; ++c) {
+            for (int c = 0; c < NC; ++c) {
 #pragma unroll
-            for (int e = 0; e < VE; ++e) {
-                acc[c][e] *= resc[c];
+                for (int e = 0; e < VE; ++e) {
+                    acc[c][e] *= resc[c];
+                }
             }
         }
 #pragma unroll
@@ -410,7 +432,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             }
 #pragma unroll
             for (int i = 0; i < VG; ++i) {
-                const float d = __half2float(__ushort_as_half((unsigned short) vd[i]));
+                const float d = V1 ? 1.0f : __half2float(__ushort_as_half((unsigned short) vd[i]));
                 float       v[VE];
 #pragma unroll
                 for (int e = 0; e < VE; ++e) {
@@ -436,7 +458,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 #pragma unroll
                 for (int c = 0; c < NC; ++c) {
                     const float pr = v_sp[c * RW + (g0 + i) * VR];
-                    const float pc = FV::n_out > 0 ? pr : pr * d;
+                    const float pc = FV::n_out > 0 || V1 ? pr : pr * d;
 #pragma unroll
                     for (int e = 0; e < VE; ++e) {
                         acc[c][e] = fmaf(pc, v[e], acc[c][e]);
