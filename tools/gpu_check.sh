@@ -27,6 +27,8 @@
 #   TQ_BENCH=1     llama-bench -fa 1 -p 512 -n 64 over TQ_BENCH_DEPTHS for TQ_BENCH_PAIRS
 #   TQ_BENCH_DEPTHS (default 0,8192)   TQ_BENCH_PAIRS (default "f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3")
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
+#   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
+#                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
 #                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records of all shapes go to $OUT/kv_speed (benchmarks/kv_speed.py)
 #   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
@@ -38,6 +40,8 @@
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
 #   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; needs TQ_BENCH's model)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
+#                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
+#                  "tq_k_fattn_vec:8192 tq_k_encode_trellis:0 tq_k_encode_codebook:0")
 #   TQ_SKIP_TESTS=1  skip test-backend-ops
 set -u -o pipefail
 
@@ -192,11 +196,15 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
     say ""
     for shape in ${TQ_BENCH_SHAPES:-hd64}; do
         make_model "$shape" || continue
-        stamp "bench $shape"
-        python3 "$ROOT/benchmarks/kv_speed.py" --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" \
-            --label "$shape" --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" \
-            --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
-        say "llama-bench $shape rc $?"
+        for gopt in ${TQ_BENCH_GRAPH_OPT:-0}; do
+            label=$shape
+            [ "$gopt" = 1 ] && label=$shape+graph-opt
+            stamp "bench $label"
+            GGML_CUDA_GRAPH_OPT=$gopt python3 "$ROOT/benchmarks/kv_speed.py" --bench "$BLD/bin/llama-bench" \
+                --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" \
+                --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
+            say "llama-bench $label rc $?"
+        done
     done
     # one folder for every shape (the label tells them apart): the device tool returns at most 8 files
     grep -E "^\|" "$OUT/kv_speed/speed.md" 2>/dev/null | tee -a "$SUMMARY"
@@ -257,14 +265,14 @@ PYEOF
             done
         done
         # TQ_PROFILE_DETAIL=1: where the time of our kernels goes (occupancy, stall reasons, memory throughput):
-        # ncu sections for a few launches of the decode kernel (ktq2/vtq2 at TQ_PROFILE_DETAIL_DEPTH) and of the
-        # encoders (depth 0); the full reports go to $OUT/ncu-detail-*.txt
+        # ncu sections for a few launches of each TQ_PROFILE_DETAIL_WHAT kernel (ktq2/vtq2 at its depth); the full
+        # reports go to $OUT/ncu-detail-*.txt
         if [ "${TQ_PROFILE_DETAIL:-0}" = 1 ]; then
             STALLS=$(for r in long_scoreboard short_scoreboard barrier mio_throttle wait math_pipe_throttle lg_throttle \
                 not_selected no_instruction dispatch_stall branch_resolving membar tex_throttle drain imc_miss; do
                 printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' "$r"; done | sed 's/,$//')
-            for what in "tq_k_fattn_vec ${TQ_PROFILE_DETAIL_DEPTH:-8192}" "tq_k_encode 0"; do
-                kn=${what% *}; depth=${what#* }
+            for what in ${TQ_PROFILE_DETAIL_WHAT:-tq_k_fattn_vec:8192 tq_k_encode_trellis:0 tq_k_encode_codebook:0}; do
+                kn=${what%:*}; depth=${what#*:}
                 rep=$OUT/ncu-detail-$kn-$depth.txt
                 stamp "ncu detail $kn depth $depth"
                 timeout 180 "$NCU" --clock-control none --kernel-name "regex:$kn" --launch-skip 20 --launch-count 4 \
