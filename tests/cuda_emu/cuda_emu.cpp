@@ -6,6 +6,7 @@
 
 emu_dim3 threadIdx;
 emu_dim3 blockIdx;
+emu_dim3 blockDim;
 
 // saves the callee-saved registers on the current stack, stores its pointer in *save_sp, switches to new_sp
 // and restores the registers saved there (System V AMD64)
@@ -110,6 +111,20 @@ uint64_t emu_shfl(const uint64_t bits, const int src_lane) {
     return g_emu.shfl[b][tid - tid % WARP_SIZE + src_lane];
 }
 
+// a warp vote: as emu_shfl, every lane then reads the whole warp's values
+bool emu_any(const bool pred) {
+    const int tid = g_emu.cur;
+    const int b   = g_emu.shfl_parity[tid];
+    g_emu.shfl_parity[tid] ^= 1;
+    g_emu.shfl[b][tid] = pred ? 1 : 0;
+    emu_warp_sync();
+    bool any = false;
+    for (int l = 0; l < WARP_SIZE; ++l) {
+        any = any || g_emu.shfl[b][tid - tid % WARP_SIZE + l] != 0;
+    }
+    return any;
+}
+
 static void emu_lane_entry() {
     (*g_emu.body)();
     g_emu.done[g_emu.cur] = true;
@@ -142,6 +157,7 @@ void emu_run_block(const int n_threads, const std::function<void()> & body) {
     }
     g_emu.body      = &body;
     g_emu.n_threads = n_threads;
+    blockDim        = emu_dim3{ (unsigned) n_threads, 1, 1 };
     for (int i = 0; i < n_threads; ++i) {
         // a fresh stack: six zero registers, then the return address of emu_ctx_switch's ret; the entry then
         // sees rsp = 8 mod 16, as after a call

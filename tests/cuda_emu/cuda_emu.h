@@ -1,6 +1,7 @@
 // llama-tq: host emulation of the CUDA features that the flash-attention decode kernel
-// (src/ggml-tq/cuda/tq-fattn-impl.cuh) uses, so that its real source compiles with a C++ compiler and runs
-// on an x86-64 CPU (tests/cuda_emu/test_fattn_emu.py builds it; fattn_emu.cpp is the test).
+// (src/ggml-tq/cuda/tq-fattn-impl.cuh) and the encoders (tq-encode-impl.cuh) use, so that their real source
+// compiles with a C++ compiler and runs on an x86-64 CPU (tests/cuda_emu/test_fattn_emu.py and
+// test_encode_emu.py build it; fattn_emu.cpp and encode_emu.cpp are the tests).
 //
 // What is emulated:
 //   - a thread block of up to EMU_MAX_THREADS threads: every thread (a "lane") is a coroutine with its own
@@ -11,7 +12,9 @@
 //   - __shfl_xor_sync() as an exchange through a buffer between two warp barriers, with CUDA's rule for a
 //     width below 32 (a lane of a later group gives the caller its own value);
 //   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
-//   - __half, float2 and the few intrinsics the kernel calls (__expf is expf, __funnelshift_r, ...).
+//   - __any_sync() as a vote through the same buffer;
+//   - __half, float2 and the few intrinsics the kernels call (__expf is expf, __funnelshift_r, __float2half_rn
+//     rounds to nearest even, __fmul_rn / __fadd_rn are plain float operations: the build does not contract).
 // Lanes switch only at barriers, in an order the caller picks (forward, backward, or shuffled in every
 // round): a missing barrier shows up as a lane reading shared memory that another lane has not written yet,
 // or has already overwritten. Forward and backward order together expose any such pair of lanes.
@@ -56,6 +59,7 @@ struct emu_dim3 {
 
 extern emu_dim3 threadIdx;
 extern emu_dim3 blockIdx;
+extern emu_dim3 blockDim;  // set by emu_run_block
 
 enum emu_order {
     EMU_ORDER_FORWARD,   // lane 0 first in every round
@@ -73,6 +77,7 @@ void emu_run_block(int n_threads, const std::function<void()> & body);
 void     emu_warp_sync();
 void     emu_block_sync();
 uint64_t emu_shfl(uint64_t bits, int src_lane);  // the bits that lane src_lane of the warp passes
+bool     emu_any(bool pred);                     // some lane of the warp passes true
 void     emu_fatal(const char * msg);
 
 static inline void __syncwarp(unsigned mask = 0xffffffffu) {
@@ -103,6 +108,13 @@ static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width =
     T res;
     memcpy(&res, &bits, sizeof(T));
     return res;
+}
+
+static inline bool __any_sync(unsigned mask, bool pred) {
+    if (mask != 0xffffffffu) {
+        emu_fatal("__any_sync: only the full mask is emulated");
+    }
+    return emu_any(pred);
 }
 
 // as ggml-cuda's common.cuh
@@ -158,6 +170,42 @@ static inline __half __ushort_as_half(const unsigned short u) {
     return __half{ u };
 }
 
+static inline unsigned short __half_as_ushort(const __half h) {
+    return h.x;
+}
+
+// float -> half, round to nearest even (CUDA's __float2half_rn): NaN stays NaN, >= 65520 in magnitude is Inf
+static inline __half __float2half_rn(const float f) {
+    uint32_t x;
+    memcpy(&x, &f, sizeof(x));
+    const uint16_t sign = (uint16_t) ((x >> 16) & 0x8000u);
+    const uint32_t ax   = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) {
+        return __half{ (uint16_t) (sign | 0x7e00u) };
+    }
+    if (ax >= 0x477ff000u) {  // 65520: the tie between 65504 and 65536 goes to even, i.e. overflows
+        return __half{ (uint16_t) (sign | 0x7c00u) };
+    }
+    if (ax < 0x38800000u) {  // below 2^-14: a subnormal half (or zero), in steps of 2^-24; the scaling is exact
+        return __half{ (uint16_t) (sign | (uint16_t) nearbyintf(fabsf(f) * 16777216.0f)) };
+    }
+    uint32_t       h   = ((((ax >> 23) - 127 + 15) << 10) | ((ax & 0x7fffffu) >> 13));
+    const uint32_t rem = ax & 0x1fffu;
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) {
+        ++h;  // a carry out of the mantissa moves the exponent up, as it should
+    }
+    return __half{ (uint16_t) (sign | h) };
+}
+
+// float products and sums rounded once each (the host build never contracts them: -ffp-contract=off)
+static inline float __fmul_rn(const float a, const float b) {
+    return a * b;
+}
+
+static inline float __fadd_rn(const float a, const float b) {
+    return a + b;
+}
+
 struct alignas(8) float2 {
     float x, y;
 };
@@ -172,5 +220,6 @@ static inline uint32_t __funnelshift_r(const uint32_t lo, const uint32_t hi, con
     return (uint32_t) ((((uint64_t) hi << 32) | lo) >> (shift & 31));
 }
 
+using std::isfinite;
 using std::max;
 using std::min;

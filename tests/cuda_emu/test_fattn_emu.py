@@ -51,6 +51,7 @@ CXXFLAGS = [
     "-std=c++17",
     "-fno-strict-aliasing",  # the kernel reads byte buffers through wider pointers, as CUDA code does
     "-fcf-protection=none",  # no shadow stack: the lanes switch stacks
+    "-ffp-contract=off",  # a * b + c rounded twice, as nvcc -fmad=false (the encoders) and the CPU reference
     "-Wall",
     "-Wextra",
     "-Wno-unknown-pragmas",  # #pragma unroll

@@ -1,0 +1,640 @@
+// llama-tq: the CUDA encoders of the ktq / vtq blocks (SET_ROWS and CPY to our types), device code only.
+// Included by tq-cuda.cu, which supplies the locators (where the blocks of an op come from and go to: a class
+// Loc with src_row(ib), nb00 and dst_blk(ib)) and the launches; tests/cuda_emu runs these kernels on a CPU
+// and compares their bytes with the CPU reference's. Built with -fmad=false (see tq-cuda.cu).
+#pragma once
+
+#include "common.cuh"
+
+#include <cmath>
+#include <cstdint>
+#include <type_traits>
+
+#define TQ_CUDA_INF        3.0e38f  // TQ_INF of tq-trellis.c
+#define TQ_CUDA_FP16_MAX   65504.0
+
+// ---- tables -------------------------------------------------------------------------------------------
+
+// copy the by-value table of a kernel argument into shared memory (call from all threads, then sync)
+template <ggml_type type>
+static __device__ __forceinline__ void tq_cuda_load_tab(float * s_tab, const tq_cuda_tab<type> & tab) {
+    for (int i = threadIdx.x; i < tq_cuda_fmt<type>::ntab; i += blockDim.x) {
+        s_tab[i] = tab.v[i];
+    }
+}
+
+// ---- encoders -------------------------------------------------------------------------------------
+
+static __device__ __forceinline__ double tq_cuda_sanitize(const float v) {
+    return isfinite(v) ? (double) v : 0.0;
+}
+
+static __device__ __forceinline__ uint16_t tq_cuda_fp16_bits(const float v) {
+    return __half_as_ushort(__float2half_rn(v));
+}
+
+static __device__ __forceinline__ float tq_cuda_fp16_val(const uint16_t h) {
+    return __half2float(__ushort_as_half(h));
+}
+
+// ---- scalar codebook encoder (ktqb, vtqb_1): tq_codebook_quantize_block of tq-codebook.c, one warp per block and
+// starting scale (see tq_k_encode_codebook)
+
+#define TQ_CB_ITERS 8
+
+struct tq_cuda_cb_params {
+    float  lv[16];
+    double mid[15];
+    double lmax;
+};
+
+template <ggml_type type>
+static tq_cuda_cb_params tq_cuda_host_cb_params() {
+    constexpr int     n  = 1 << tq_cuda_fmt<type>::b;
+    const float *     lv = tq_levels(TQ_GGML_TO_TQ(type));
+    tq_cuda_cb_params p  = {};
+    float             am = 0.0f;
+    for (int i = 0; i < n; ++i) {
+        p.lv[i] = lv[i];
+        am      = fmaxf(am, fabsf(lv[i]));
+        if (i + 1 < n) {
+            p.mid[i] = 0.5 * ((double) lv[i] + (double) lv[i + 1]);
+        }
+    }
+    p.lmax = am;
+    return p;
+}
+
+// the nearest of n sorted levels, given the n - 1 ascending mid-points thr: the count of thresholds below x (the
+// index a binary search finds; counted with constant indices so that thr stays in registers, not local memory)
+template <int n>
+static __device__ __forceinline__ int tq_cuda_nearest(const double (&thr)[n - 1], const double x) {
+    int c = 0;
+#pragma unroll
+    for (int i = 0; i < n - 1; ++i) {
+        c += x > thr[i] ? 1 : 0;
+    }
+    return c;
+}
+
+// warp-wide sum / max of a double: every lane ends with the same value (xor butterfly: each pairwise sum
+// sees its two operands in the same order on both lanes)
+static __device__ __forceinline__ double tq_cuda_warp_sum(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v += __shfl_xor_sync(0xFFFFFFFF, v, off);
+    }
+    return v;
+}
+
+static __device__ __forceinline__ double tq_cuda_warp_max(double v) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        v = fmax(v, __shfl_xor_sync(0xFFFFFFFF, v, off));
+    }
+    return v;
+}
+
+// the codes of a warp's block (code of sample j = lane j and lane j - 32, in s_codes) as the b-bit stream:
+// lane i < 8 * b writes byte i
+template <int b>
+static __device__ __forceinline__ void tq_cuda_pack_codes(const uint8_t * s_codes, uint8_t * qs, const int lane) {
+    if (lane < QK_TQ * b / 8) {
+        unsigned byte = 0;
+#pragma unroll
+        for (int t = 0; t < 8; ++t) {
+            const int bit = 8 * lane + t;
+            byte |= ((s_codes[bit / b] >> (bit % b)) & 1u) << t;
+        }
+        qs[lane] = (uint8_t) byte;
+    }
+}
+
+// Two warps (one thread block) per block, one per starting scale (the CPU tries them one after the other; here they run side
+// by side and the first warp then applies the CPU's rule for keeping a candidate, in the CPU's order). Lane l
+// holds samples l and l + 32: the same iterations as the CPU reference, with the sums over the block taken
+// by warp reductions (so a different summation order: the stored scale can differ from the CPU's in its last
+// bit where two candidates are within rounding of each other).
+template <ggml_type type, class Loc>
+static __global__ void __launch_bounds__(64)
+tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
+    using F        = tq_cuda_fmt<type>;
+    constexpr int b = F::b;
+    constexpr int n = 1 << b;
+
+    __shared__ float    s_lv[16];
+    __shared__ double   s_mid[15];
+    __shared__ uint8_t  s_codes[2][QK_TQ];
+    __shared__ double   s_err[2];
+    __shared__ uint16_t s_d16[2];
+    if (threadIdx.x < n) {
+        s_lv[threadIdx.x] = P.lv[threadIdx.x];
+    }
+    if (threadIdx.x < n - 1) {
+        s_mid[threadIdx.x] = P.mid[threadIdx.x];
+    }
+    __syncthreads();
+
+    const int     si   = threadIdx.x / 32;  // the starting scale this warp tries
+    const int     lane = threadIdx.x % 32;
+    const int64_t ib   = blockIdx.x;
+    const double  lmax = P.lmax;
+
+    const char * xrow = loc.src_row(ib);
+    const double x0   = tq_cuda_sanitize(*(const float *) (xrow + lane * loc.nb00));
+    const double x1   = tq_cuda_sanitize(*(const float *) (xrow + (lane + 32) * loc.nb00));
+    const double ss   = tq_cuda_warp_sum(x0 * x0 + x1 * x1);
+    const double amax = tq_cuda_warp_max(fmax(fabs(x0), fabs(x1)));
+
+    int      c0 = 0, c1 = 0;  // current codes
+    uint16_t cand_d16 = 0;    // this start's candidate (0: none)
+    double   cand_err = ss;
+
+    if (ss > 0.0 && lmax > 0.0) {
+        double thr[n - 1];
+        double d     = si == 0 ? sqrt(ss / QK_TQ) : amax / lmax;
+        double d_fit = 0.0;
+        double e_fit = ss;
+        // the error of each iteration's scale does not steer the iterations: its warp sums are taken after the
+        // loop, side by side, instead of one chain of shuffles per iteration
+        double dns[TQ_CB_ITERS];
+        double errp[TQ_CB_ITERS];  // this lane's part of the iteration's squared error
+        int    n_it = 0;
+#pragma unroll
+        for (int it = 0; it < TQ_CB_ITERS; ++it) {
+#pragma unroll
+            for (int i = 0; i < n - 1; ++i) {
+                thr[i] = s_mid[i] * d;
+            }
+            const int n0 = tq_cuda_nearest<n>(thr, x0);
+            const int n1 = tq_cuda_nearest<n>(thr, x1);
+            const bool changed = __any_sync(0xFFFFFFFF, it == 0 || n0 != c0 || n1 != c1);
+            c0 = n0;
+            c1 = n1;
+            const double num = tq_cuda_warp_sum(x0 * s_lv[c0] + x1 * s_lv[c1]);
+            const double den = tq_cuda_warp_sum((double) s_lv[c0] * s_lv[c0] + (double) s_lv[c1] * s_lv[c1]);
+            if (!changed || !(num > 0.0) || !(den > 0.0)) {
+                break;
+            }
+            const double dn = num / den;
+            const double e0 = x0 - dn * s_lv[c0];
+            const double e1 = x1 - dn * s_lv[c1];
+            dns[it]         = dn;
+            errp[it]        = e0 * e0 + e1 * e1;
+            n_it            = it + 1;
+            d               = dn;
+        }
+        double errs[TQ_CB_ITERS];
+#pragma unroll
+        for (int it = 0; it < TQ_CB_ITERS; ++it) {
+            errs[it] = it < n_it ? tq_cuda_warp_sum(errp[it]) : 0.0;
+        }
+#pragma unroll
+        for (int it = 0; it < TQ_CB_ITERS; ++it) {
+            if (it < n_it && errs[it] < e_fit) {
+                e_fit = errs[it];
+                d_fit = dns[it];
+            }
+        }
+        if (d_fit > 0.0) {
+            const uint16_t d16 = tq_cuda_fp16_bits((float) fmin(d_fit, TQ_CUDA_FP16_MAX));
+            const double   dq  = tq_cuda_fp16_val(d16);
+            if (dq > 0.0) {
+#pragma unroll
+                for (int i = 0; i < n - 1; ++i) {
+                    thr[i] = s_mid[i] * dq;
+                }
+                c0 = tq_cuda_nearest<n>(thr, x0);
+                c1 = tq_cuda_nearest<n>(thr, x1);
+                const double e0 = x0 - dq * s_lv[c0];
+                const double e1 = x1 - dq * s_lv[c1];
+                cand_err = tq_cuda_warp_sum(e0 * e0 + e1 * e1);
+                cand_d16 = d16;
+            }
+        }
+    }
+    s_codes[si][lane]      = (uint8_t) c0;
+    s_codes[si][lane + 32] = (uint8_t) c1;
+    if (lane == 0) {
+        s_err[si] = cand_err;
+        s_d16[si] = cand_d16;
+    }
+    __syncthreads();
+    if (si != 0) {
+        return;
+    }
+
+    // the CPU's rule, start 0 then start 1: keep a candidate that lowers the error (the first one also on a tie
+    // with the all-zero block's error)
+    double   best_e16 = ss;
+    uint16_t best_d16 = 0;
+    int      best     = -1;
+    for (int k = 0; k < 2; ++k) {
+        const uint16_t d16 = s_d16[k];
+        const double   err = s_err[k];
+        if (d16 != 0 && (err < best_e16 || (best_d16 == 0 && err <= best_e16))) {
+            best_e16 = err;
+            best_d16 = d16;
+            best     = k;
+        }
+    }
+    uint8_t * codes = s_codes[best < 0 ? 0 : best];
+    if (best < 0) {
+        codes[lane]      = 0;
+        codes[lane + 32] = 0;
+    }
+    __syncwarp();
+    uint8_t * blk = loc.dst_blk(ib);
+    if (lane == 0) {
+        blk[0] = (uint8_t) (best_d16 & 0xFF);
+        blk[1] = (uint8_t) (best_d16 >> 8);
+    }
+    tq_cuda_pack_codes<b>(codes, blk + F::qs_off, lane);
+}
+
+// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one thread
+// block of two warps (64 threads) per trellis block, so that a decode step, which encodes a handful of blocks,
+// waits for a short chain.
+// Thread t owns predecessor group g = t and the K = 2^k states s = t + 64 j (s mod 64 = g; their table values
+// live in registers). A step takes the minimum over the group's K states g*K + h (ties: lowest h, remembered
+// for the trace-back), then writes the new costs of its own states: cost'(s) = m[s mod 64] + (y - t[s])^2
+// (weight-0 samples: m). Costs are double-buffered in shared memory with one float of padding per 32
+// (conflict-free for both access patterns), one barrier per step. Arithmetic, order and tie rules are those of
+// tq-viterbi.inc, so the chosen path is the CPU's.
+
+// the largest |value| of a trellis table (the tmax argument of tq_k_encode_trellis), on the host
+template <ggml_type type>
+static float tq_cuda_tab_max(const tq_cuda_tab<type> & tab) {
+    float tmax = 0.0f;
+    for (int i = 0; i < tq_cuda_fmt<type>::ntab; ++i) {
+        tmax = fmaxf(tmax, fabsf(tab.v[i]));
+    }
+    return tmax;
+}
+
+#define TQ_VIT_THREADS 64               // threads per trellis block (= per thread block)
+
+template <int k>
+struct tq_vit_smem {
+    static constexpr int NS = 1 << (k + 6);
+    float    cost[2][NS + NS / 32];
+    uint8_t  hb[QK_TQ][64];  // [step][group]: argmin h of the step's predecessor minimum
+    uint8_t  j2[QK_TQ / 2][64];  // [even step i / 2][group]: hb of step i | hb of step i - 1 on that path << k
+    float    xv[QK_TQ];      // input block
+    float    y[QK_TQ];       // Viterbi target
+    uint16_t st[QK_TQ];      // path of the last pass
+    uint8_t  code[QK_TQ];    // its k-bit codes
+    uint64_t w0;             // bit j set: sample j has weight 0 (an outlier slot)
+    float    bc[2];          // end of a free pass: each warp's best cost,
+    int      bp[2];          //   its storage position in tq-viterbi.inc
+    int      bs[2];          //   and its state
+    int      zero;           // the block is all zero (after the outliers)
+};
+
+static __device__ __forceinline__ int tq_vit_pos(const int s) {
+    return s + (s >> 5);
+}
+
+
+
+// storage position of state s in tq-viterbi.inc (used for its tie rule at the end of a free pass)
+template <int k>
+static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
+    constexpr int K = 1 << k;
+    constexpr int Q = 64 / K;
+    const int     g = s >> k;
+    return (s & (K - 1)) * 64 + (g % Q) * K + g / Q;
+}
+
+// One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set; W0: the type has outlier
+// slots, else w0 is 0). g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the
+// best path in ws.st (thread 0 writes; a free pass only ws.st[32 .. 63]).
+// t: the thread's index (0..63).
+template <int k, bool W0>
+static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[1 << k], const uint64_t w0,
+                                   const int rot, const int g_fix, const int t) {
+    constexpr int K = 1 << k;
+    const int     g = t;
+
+    {
+        const int   i0 = rot;
+        const float y0 = ws.y[i0];
+        const bool  z0 = (w0 >> i0) & 1;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const int   s = g + 64 * j;
+            const float e = y0 - t_reg[j];
+            float       c = z0 ? (0.0f * e) * e : e * e;
+            if (g_fix >= 0 && g != g_fix) {
+                c = TQ_CUDA_INF;
+            }
+            ws.cost[0][tq_vit_pos(s)] = c;
+        }
+    }
+
+    // the cost positions a step reads (the K predecessors of group g) and writes (states g + 64 j): the same in
+    // every step, so they stay in registers; steps go in pairs so that the buffer of each is fixed
+    int rd[K];
+    int wr[K];
+#pragma unroll
+    for (int h = 0; h < K; ++h) {
+        rd[h] = tq_vit_pos(g * K + h);
+        wr[h] = tq_vit_pos(g + 64 * h);
+    }
+    // bit i: sample (i + rot) % 64 has weight 0
+    const uint64_t wz = W0 ? (rot == 0 ? w0 : (w0 >> rot) | (w0 << (QK_TQ - rot))) : 0;
+
+    // step i: the minimum over the predecessors (ties: lowest h), then the new costs m + (y - t)^2 (weight 0:
+    // m), multiply and add rounded separately as the CPU does. The sample is read with the costs, after the
+    // barrier, so that the path from one barrier to the next is a load, the minimum and one add.
+    // Two-step back-pointers for the trace-back: an even step remembers its h and the group g1 that its best
+    // predecessor belongs to; the next (odd) step reads hb[i - 1][g1] beside its costs and stores j2.
+    int             p_h   = 0;            // pending: h of the last even step i,
+    const uint8_t * p_hbp = &ws.hb[0][0];  //          the hb of step i - 1 that completes it (a dummy at first)
+    auto step = [&](const int i, const float * src, float * dst, auto odd) {
+        constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
+        const float * yp = &ws.y[(i + rot) & (QK_TQ - 1)];  // addresses before the barrier
+        __syncthreads();
+        const float yi = *yp;
+        float       c[K];
+#pragma unroll
+        for (int h = 0; h < K; ++h) {
+            c[h] = src[rd[h]];
+        }
+        // (odd i: the hb that completes the pending back-pointer of step i - 1; at i = 1 a dummy, stored in
+        // j2[0], which the trace-back never reads)
+        const int hb_prev = ODD ? *p_hbp : 0;
+        // the minimum as a tree of pairs (log2 K levels instead of K - 1 in a chain); the right one of a pair
+        // wins only if strictly smaller, so the result is the lowest h of the minimum, as the CPU's scan
+        int hi[K];
+#pragma unroll
+        for (int h = 0; h < K; ++h) {
+            hi[h] = h;
+        }
+#pragma unroll
+        for (int w = 1; w < K; w *= 2) {
+#pragma unroll
+            for (int h = 0; h < K; h += 2 * w) {
+                const bool r = c[h + w] < c[h];
+                c[h]         = r ? c[h + w] : c[h];
+                hi[h]        = r ? hi[h + w] : hi[h];
+            }
+        }
+        const float v = c[0];
+        ws.hb[i][g]   = (uint8_t) hi[0];
+        if (!ODD) {
+            p_h   = hi[0];
+            p_hbp = &ws.hb[i - 1][((g << k) | hi[0]) & 63];
+        }
+        const bool zi = W0 && ((wz >> i) & 1);
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const float e = yi - t_reg[j];
+            dst[wr[j]]    = zi ? v : __fadd_rn(v, __fmul_rn(e, e));
+        }
+        if (ODD) {
+            ws.j2[i / 2][g] = (uint8_t) (p_h | hb_prev << k);
+        }
+    };
+#pragma unroll 1
+    for (int i = 1; i + 1 < QK_TQ; i += 2) {
+        step(i, ws.cost[0], ws.cost[1], std::true_type());
+        step(i + 1, ws.cost[1], ws.cost[0], std::false_type());
+    }
+    static_assert(QK_TQ % 2 == 0, "the last step (63) is odd and reads buffer 0");
+    step(QK_TQ - 1, ws.cost[0], ws.cost[1], std::true_type());
+    __syncthreads();
+    const float * last = ws.cost[(QK_TQ - 1) & 1];
+
+    if (g_fix < 0) {
+        // min cost, ties: lowest storage position of tq-viterbi.inc
+        float bc = TQ_CUDA_INF;
+        int   bp = 1 << 30;
+        int   bs = 0;
+#pragma unroll
+        for (int j = 0; j < K; ++j) {
+            const int   s = g + 64 * j;
+            const float c = last[tq_vit_pos(s)];
+            const int   p = tq_vit_cpu_pos<k>(s);
+            if (c < bc || (c == bc && p < bp)) {
+                bc = c;
+                bp = p;
+                bs = s;
+            }
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const float oc = __shfl_xor_sync(0xFFFFFFFF, bc, off);
+            const int   op = __shfl_xor_sync(0xFFFFFFFF, bp, off);
+            const int   os = __shfl_xor_sync(0xFFFFFFFF, bs, off);
+            if (oc < bc || (oc == bc && op < bp)) {
+                bc = oc;
+                bp = op;
+                bs = os;
+            }
+        }
+        if (t % 32 == 0) {
+            ws.bc[t / 32] = bc;
+            ws.bp[t / 32] = bp;
+            ws.bs[t / 32] = bs;
+        }
+        __syncthreads();
+    }
+
+    if (t == 0) {
+        int sbest;
+        if (g_fix < 0) {
+            const bool second = ws.bc[1] < ws.bc[0] || (ws.bc[1] == ws.bc[0] && ws.bp[1] < ws.bp[0]);
+            sbest = ws.bs[second ? 1 : 0];
+        } else {
+            sbest   = g_fix * K;
+            float v = last[tq_vit_pos(sbest)];
+            for (int h = 1; h < K; ++h) {
+                const float c = last[tq_vit_pos(g_fix * K + h)];
+                if (c < v) {
+                    v     = c;
+                    sbest = g_fix * K + h;
+                }
+            }
+        }
+        // one step back from 63, then two steps per back-pointer j2; a free pass is read at position 32 only
+        // (g_fix of the second pass): trace back that far
+        int s            = sbest;
+        ws.st[QK_TQ - 1] = (uint16_t) s;
+        s                = (s & 63) * K + ws.hb[QK_TQ - 1][s & 63];
+        ws.st[QK_TQ - 2] = (uint16_t) s;
+        const int stop   = g_fix < 0 ? QK_TQ / 2 : 0;
+        for (int i = QK_TQ - 2; i > stop; i -= 2) {
+            const int gg = s & 63;
+            const int jj = ws.j2[i / 2][gg];
+            const int s1 = gg * K + (jj & (K - 1));
+            s            = (s1 & 63) * K + (jj >> k);
+            ws.st[i - 1] = (uint16_t) s1;
+            ws.st[i - 2] = (uint16_t) s;
+        }
+    }
+    __syncthreads();
+}
+
+// preparation as in tq_trellis_quantize_block, by the first warp of a trellis block with warp reductions:
+// lane l holds samples l, l + 32. Writes the outlier slots (and a zero block's scale and stream), ws.w0,
+// ws.zero and the Viterbi target ws.y.
+template <ggml_type type>
+static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<type>::b> & ws, uint8_t * blk,
+                                                      const float tmax_f, const int lane) {
+    using F             = tq_cuda_fmt<type>;
+    constexpr int n_out = F::n_out;
+    if (lane == 0) {
+        ws.zero = 0;
+    }
+    const double x0 = tq_cuda_sanitize(ws.xv[lane]);
+    const double x1 = tq_cuda_sanitize(ws.xv[lane + 32]);
+    uint64_t w0 = 0;
+#pragma unroll
+    for (int o = 0; o < n_out; ++o) {
+        // largest |x| not yet taken, ties: the lowest position
+        double v = -1.0;
+        int    j = QK_TQ;
+        if (!((w0 >> lane) & 1)) {
+            v = fabs(x0);
+            j = lane;
+        }
+        if (!((w0 >> (lane + 32)) & 1) && fabs(x1) > v) {
+            v = fabs(x1);
+            j = lane + 32;
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) {
+            const double ov = __shfl_xor_sync(0xFFFFFFFF, v, off);
+            const int    oj = __shfl_xor_sync(0xFFFFFFFF, j, off);
+            if (ov > v || (ov == v && oj < j)) {
+                v = ov;
+                j = oj;
+            }
+        }
+        w0 |= (uint64_t) 1 << j;
+        if (lane == 0) {
+            const double   xo  = tq_cuda_sanitize(ws.xv[j]);
+            const uint16_t od  = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, xo)));
+            blk[2 + 2 * o]     = (uint8_t) (od & 0xFF);
+            blk[2 + 2 * o + 1] = (uint8_t) (od >> 8);
+            blk[2 + 2 * n_out + o] = (uint8_t) j;
+        }
+    }
+    const bool   in0  = !((w0 >> lane) & 1);
+    const bool   in1  = !((w0 >> (lane + 32)) & 1);
+    const double ss   = tq_cuda_warp_sum((in0 ? x0 * x0 : 0.0) + (in1 ? x1 * x1 : 0.0));
+    const double amax = tq_cuda_warp_max(fmax(in0 ? fabs(x0) : 0.0, in1 ? fabs(x1) : 0.0));
+
+    if (!(ss > 0.0)) {
+        // zero block: scale 0 and an all-zero stream (outlier slots, if any, are written above)
+        if (lane < 2) {
+            blk[lane] = 0;
+        }
+        if (lane < F::qs_bytes) {
+            blk[F::qs_off + lane] = 0;
+        }
+        if (lane == 0) {
+            ws.zero = 1;
+            ws.w0   = w0;
+        }
+        return;
+    }
+    {
+        const double rms  = sqrt(ss / (QK_TQ - n_out));
+        const double tmax = tmax_f;
+        const double d0   = tmax > 0.0 && amax / tmax > rms ? amax / tmax : rms;
+        ws.y[lane]        = in0 ? (float) (x0 / d0) : 0.0f;
+        ws.y[lane + 32]   = in1 ? (float) (x1 / d0) : 0.0f;
+    }
+
+    if (lane == 0) {
+        ws.w0 = w0;
+    }
+}
+
+template <ggml_type type, class Loc>
+static __global__ void __launch_bounds__(TQ_VIT_THREADS)
+tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f) {
+    using F             = tq_cuda_fmt<type>;
+    constexpr int k     = F::b;
+    constexpr int K     = 1 << k;
+    constexpr int NS    = F::ntab;
+    static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
+
+    __shared__ float             s_tab[NS];
+    __shared__ tq_vit_smem<k>    ws;
+    tq_cuda_load_tab<type>(s_tab, tab);
+    __syncthreads();
+
+    const int     t    = threadIdx.x;
+    const int     lane = threadIdx.x % 32;
+    const int64_t ib   = blockIdx.x;
+
+    float t_reg[K];
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+        t_reg[j] = s_tab[t + 64 * j];
+    }
+    const char * xrow = loc.src_row(ib);
+    ws.xv[t]          = *(const float *) (xrow + t * loc.nb00);
+    __syncthreads();
+
+    uint8_t * blk = loc.dst_blk(ib);
+    if (t < 32) {
+        tq_vit_prepare<type>(ws, blk, tmax_f, lane);
+    }
+    __syncthreads();
+    if (ws.zero) {
+        return;
+    }
+    const uint64_t w0 = ws.w0;
+
+    // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
+    tq_vit_pass<k, (F::n_out > 0)>(ws, t_reg, w0, QK_TQ / 2, -1, t);
+    const int g_fix = ws.st[QK_TQ / 2] & 63;
+    tq_vit_pass<k, (F::n_out > 0)>(ws, t_reg, w0, 0, g_fix, t);
+    if (t >= 32) {
+        return;
+    }
+    const bool in0 = !((w0 >> lane) & 1);
+    const bool in1 = !((w0 >> (lane + 32)) & 1);
+    const double x0 = tq_cuda_sanitize(ws.xv[lane]);
+    const double x1 = tq_cuda_sanitize(ws.xv[lane + 32]);
+
+    // the stream, then the least-squares scale of the path with the states decoded from the stream as
+    // the CPU does (state_j = stream bits [j*k, j*k + L), circular)
+    ws.code[lane]      = (uint8_t) (ws.st[lane] & (K - 1));
+    ws.code[lane + 32] = (uint8_t) (ws.st[lane + 32] & (K - 1));
+    __syncwarp();
+    uint8_t * qs = blk + F::qs_off;
+    tq_cuda_pack_codes<k>(ws.code, qs, lane);
+    double num = 0.0;
+    double den = 0.0;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int j = lane + 32 * h;
+        unsigned  st = 0;
+#pragma unroll
+        for (int u = 0; u * k < F::L; ++u) {
+            st |= (unsigned) ws.code[(j + u) & (QK_TQ - 1)] << (u * k);
+        }
+        const double tv = s_tab[st & (NS - 1)];
+        if (h == 0 ? in0 : in1) {
+            num += (h == 0 ? x0 : x1) * tv;
+            den += tv * tv;
+        }
+    }
+    num = tq_cuda_warp_sum(num);
+    den = tq_cuda_warp_sum(den);
+    uint16_t d16 = 0;
+    if (den > 0.0) {
+        d16 = tq_cuda_fp16_bits((float) fmax(-TQ_CUDA_FP16_MAX, fmin(TQ_CUDA_FP16_MAX, num / den)));
+    } else if (lane < F::qs_bytes) {
+        qs[lane] = 0;
+    }
+    if (lane == 0) {
+        blk[0] = (uint8_t) (d16 & 0xFF);
+        blk[1] = (uint8_t) (d16 >> 8);
+    }
+}

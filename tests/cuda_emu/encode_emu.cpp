@@ -1,0 +1,203 @@
+// llama-tq: the CUDA encoders (src/ggml-tq/cuda/tq-encode-impl.cuh: the scalar codebook fit and the two-pass
+// tail-biting Viterbi) run on a CPU by the emulation of cuda_emu.h, block by block, and compared byte for byte
+// with the CPU reference quantizer (tq_quantize_row_ref, src/ggml-tq) on the same blocks.
+//
+// The GPU sums a block's squares and products by warp reductions (another order than the CPU's loop), so a
+// block may legitimately come out different where two candidates are within rounding of each other; such a
+// block passes if its squared reconstruction error is that of the CPU's encoding within a relative 1e-5. Any
+// other difference is a failure, and so are more than --max-diff (default 1 %) differing blocks of a type.
+//
+//   encode_emu [--order forward|backward|shuffled] [--seed N] [--blocks N] [--max-diff F] [--verbose]
+// prints one line per type, then "encode_emu: order=... types=... blocks=... differing=... failed=...".
+#include "common.cuh"
+#include "tq-encode-impl.cuh"
+#include "tq-quants.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <string>
+#include <vector>
+
+// consecutive blocks of contiguous rows of 64 floats, written to consecutive blocks
+struct emu_loc {
+    const float * src;
+    uint8_t *     dst;
+    size_t        bs;
+    size_t        nb00 = sizeof(float);
+
+    const char * src_row(const int64_t ib) const { return (const char *) (src + ib * QK_TQ); }
+
+    uint8_t * dst_blk(const int64_t ib) const { return dst + ib * bs; }
+};
+
+// the blocks a test encodes: kinds of data that reach different branches of the encoders
+static std::vector<float> make_blocks(const int n_blocks, const uint64_t seed, const float * levels, const int n_levels) {
+    std::mt19937_64                  rng(seed);
+    std::normal_distribution<float>  gauss(0.0f, 1.0f);
+    std::uniform_real_distribution<float> unif(-1.0f, 1.0f);
+    std::student_t_distribution<float>    heavy(2.0f);
+    std::vector<float>               x((size_t) n_blocks * QK_TQ);
+    for (int ib = 0; ib < n_blocks; ++ib) {
+        float *     b     = &x[(size_t) ib * QK_TQ];
+        const int   kind  = ib % 12;
+        const float scale = std::pow(10.0f, (float) (int) (rng() % 9) - 4.0f);  // 1e-4 .. 1e4
+        for (int j = 0; j < QK_TQ; ++j) {
+            float v = 0.0f;
+            switch (kind) {
+                case 0: case 1: case 2: v = scale * gauss(rng); break;             // plain
+                case 3: v = scale * heavy(rng); break;                            // heavy tails: outliers
+                case 4: v = scale * unif(rng); break;
+                case 5: v = j == (int) (rng() % QK_TQ) ? scale : 0.0f; break;      // mostly zero
+                case 6: v = scale; break;                                          // constant: ties everywhere
+                case 7: v = scale * levels[rng() % n_levels]; break;               // exactly on levels
+                case 8: v = scale * (float) ((int) (rng() % 5) - 2); break;        // few values: ties
+                case 9: v = 1e-40f * (float) ((int) (rng() % 7) - 3); break;       // denormals
+                case 10: v = 1e30f * gauss(rng); break;                            // huge: scale clamps
+                case 11: {                                                         // non-finite entries
+                    const int r = (int) (rng() % 8);
+                    v = r == 0 ? NAN : r == 1 ? INFINITY : r == 2 ? -INFINITY : scale * gauss(rng);
+                    break;
+                }
+            }
+            b[j] = v;
+        }
+        if (ib % 37 == 0) {
+            for (int j = 0; j < QK_TQ; ++j) {
+                b[j] = 0.0f;  // all zero
+            }
+        }
+    }
+    return x;
+}
+
+// squared reconstruction error of one encoded block against its input (non-finite input counts as 0)
+static double block_err(const int tq, const uint8_t * blk, const float * x) {
+    float y[QK_TQ];
+    tq_dequantize_row(tq, blk, y, QK_TQ);
+    double e = 0.0;
+    for (int j = 0; j < QK_TQ; ++j) {
+        const double xv = std::isfinite(x[j]) ? x[j] : 0.0;
+        const double d  = xv - (double) y[j];
+        e += d * d;
+    }
+    return e;
+}
+
+struct type_result {
+    int    differing = 0;
+    int    failed    = 0;
+    double worst     = 0.0;  // worst relative error difference of a differing block
+};
+
+template <ggml_type type>
+static type_result run_type(const int n_blocks, const uint64_t seed, const double max_diff, const bool verbose) {
+    using F            = tq_cuda_fmt<type>;
+    const int     tq   = TQ_GGML_TO_TQ(type);
+    const size_t  bs   = tq_type_size(tq);
+    const float * lv   = tq_levels(tq);
+    const int     n_lv = F::trellis ? F::ntab : 1 << F::b;
+
+    const std::vector<float> x = make_blocks(n_blocks, seed + (uint64_t) tq, lv, n_lv);
+    std::vector<uint8_t>     gpu((size_t) n_blocks * bs, 0xA5);
+    std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
+    tq_quantize_row_ref(tq, x.data(), cpu.data(), (int64_t) n_blocks * QK_TQ);
+
+    const emu_loc loc{ x.data(), gpu.data(), bs };
+    for (int ib = 0; ib < n_blocks; ++ib) {
+        blockIdx = emu_dim3{ (unsigned) ib, 0, 0 };
+        if constexpr (F::trellis) {
+            const tq_cuda_tab<type> tab  = tq_cuda_host_tab<type>();
+            const float             tmax = tq_cuda_tab_max(tab);
+            emu_run_block(TQ_VIT_THREADS, [&]() { tq_k_encode_trellis<type, emu_loc>(loc, tab, tmax); });
+        } else {
+            const tq_cuda_cb_params P = tq_cuda_host_cb_params<type>();
+            emu_run_block(64, [&]() { tq_k_encode_codebook<type, emu_loc>(loc, P); });
+        }
+    }
+
+    type_result r;
+    for (int ib = 0; ib < n_blocks; ++ib) {
+        const uint8_t * g = &gpu[(size_t) ib * bs];
+        const uint8_t * c = &cpu[(size_t) ib * bs];
+        if (memcmp(g, c, bs) == 0) {
+            continue;
+        }
+        ++r.differing;
+        const float * xb  = &x[(size_t) ib * QK_TQ];
+        const double  eg  = block_err(tq, g, xb);
+        const double  ec  = block_err(tq, c, xb);
+        const double  rel = std::fabs(eg - ec) / std::max(ec, 1e-30);
+        r.worst           = std::max(r.worst, rel);
+        const bool ok     = std::isfinite(eg) && rel <= 1e-5;
+        r.failed += ok ? 0 : 1;
+        if (!ok || verbose) {
+            printf("  %s block %d (kind %d): %s, squared error GPU %.9g CPU %.9g\n", tq_type_name(tq), ib, ib % 12,
+                   ok ? "differs (equal error)" : "DIFFERS", eg, ec);
+        }
+    }
+    const bool too_many = r.differing > max_diff * n_blocks;
+    if (too_many) {
+        ++r.failed;
+    }
+    printf("%-7s blocks=%d differing=%d%s failed=%d worst_rel_err_diff=%.3g\n", tq_type_name(tq), n_blocks,
+           r.differing, too_many ? " (too many)" : "", r.failed, r.worst);
+    return r;
+}
+
+int main(int argc, char ** argv) {
+    emu_order   order      = EMU_ORDER_FORWARD;
+    const char * order_name = "forward";
+    uint64_t    seed       = 1;
+    int         n_blocks   = 240;
+    double      max_diff   = 0.01;
+    bool        verbose    = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a    = argv[i];
+        auto              next = [&]() -> const char * {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "encode_emu: %s needs a value\n", a.c_str());
+                exit(2);
+            }
+            return argv[++i];
+        };
+        if (a == "--order") {
+            order_name        = next();
+            const std::string o = order_name;
+            order = o == "forward" ? EMU_ORDER_FORWARD : o == "backward" ? EMU_ORDER_BACKWARD : EMU_ORDER_SHUFFLED;
+            if (o != "forward" && o != "backward" && o != "shuffled") {
+                fprintf(stderr, "encode_emu: unknown order %s\n", o.c_str());
+                return 2;
+            }
+        } else if (a == "--seed") {
+            seed = strtoull(next(), nullptr, 10);
+        } else if (a == "--blocks") {
+            n_blocks = atoi(next());
+        } else if (a == "--max-diff") {
+            max_diff = atof(next());
+        } else if (a == "--verbose") {
+            verbose = true;
+        } else {
+            fprintf(stderr, "usage: encode_emu [--order forward|backward|shuffled] [--seed N] [--blocks N] "
+                            "[--max-diff F] [--verbose]\n");
+            return 2;
+        }
+    }
+    emu_set_order(order, seed);
+
+    int n_types = 0, n_all = 0, n_diff = 0, n_failed = 0;
+#define X(T, t)                                                                              \
+    {                                                                                        \
+        const type_result r = run_type<GGML_TYPE_##T>(n_blocks, seed, max_diff, verbose);    \
+        ++n_types;                                                                           \
+        n_all += n_blocks;                                                                   \
+        n_diff += r.differing;                                                               \
+        n_failed += r.failed;                                                                \
+    }
+    TQ_GGML_FOR_EACH(X)
+#undef X
+    printf("encode_emu: order=%s types=%d blocks=%d differing=%d failed=%d\n", order_name, n_types, n_all, n_diff,
+           n_failed);
+    return n_failed == 0 ? 0 : 1;
+}

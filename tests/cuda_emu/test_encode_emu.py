@@ -1,0 +1,173 @@
+"""The CUDA encoders (src/ggml-tq/cuda/tq-encode-impl.cuh) on a CPU, byte for byte against the CPU reference.
+
+encode_emu.cpp runs the real kernels, tq_k_encode_codebook and tq_k_encode_trellis, through the CUDA emulation
+of this folder (64 lanes as coroutines, __syncthreads / __syncwarp / shuffles / __any_sync as real barriers)
+block by block for every llama-tq type, and compares each encoded block with tq_quantize_row_ref of the CPU
+reference (src/ggml-tq, built by tests/formats/conftest.py's build_library). The blocks cover plain, heavy-tailed
+and uniform data, mostly-zero, constant and few-valued blocks (ties in the Viterbi minimum and the nearest level),
+values exactly on the levels, denormals, huge values (clamped scales), NaN/Inf entries and all-zero blocks,
+at scales 1e-4 to 1e4.
+
+A block may differ only where the GPU's warp-reduced sums (another order than the CPU's loop) tip a choice
+between two candidates within rounding; it then passes if its squared reconstruction error equals the CPU
+encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. So far none differs.
+
+Mutated encoders (ties in the Viterbi minimum going to the higher state, the two-step trace-back reading the
+wrong half of its pointer, the barrier of a Viterbi step removed, a value on a decision threshold taking the
+upper level, the fit's error sums left per lane) must fail.
+
+Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the locators and launches of
+tq-cuda.cu (SET_ROWS/CPY strides; test-backend-ops covers those on a GPU), nvcc's arithmetic (the emulation
+computes in the host's IEEE float/double with no contraction, as nvcc -fmad=false should).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.cuda_emu.test_fattn_emu import (
+    CUDA,
+    CXX,
+    CXXFLAGS,
+    HERE,
+    SRC,
+    TIMEOUT_S,
+    compile_all,
+    formats_harness,
+    skip_reason,
+    tail,
+)
+
+KERNELS = CUDA / "tq-encode-impl.cuh"
+ORDERS = ("forward", "backward", "shuffled")
+N_TYPES = 12
+N_BLOCKS = 240  # per type and run
+
+SUMMARY = r"encode_emu: order=(\w+) types=(\d+) blocks=(\d+) differing=(\d+) failed=(\d+)"
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    old: str  # must occur exactly once in tq-encode-impl.cuh
+    new: str
+
+
+MUTATIONS = [
+    Mutation("viterbi-tie", "const bool r = c[h + w] < c[h];", "const bool r = c[h + w] <= c[h];"),
+    Mutation(
+        "traceback-pointer",
+        "            s            = (s1 & 63) * K + (jj >> k);",
+        "            s            = (s1 & 63) * K + (jj & (K - 1));",
+    ),
+    Mutation(
+        "viterbi-step-barrier",
+        "  // addresses before the barrier\n        __syncthreads();\n",
+        "  // addresses before the barrier\n",
+    ),
+    Mutation("nearest-tie", "        c += x > thr[i] ? 1 : 0;", "        c += x >= thr[i] ? 1 : 0;"),
+    Mutation(
+        "fit-error-sum",
+        "            errs[it] = it < n_it ? tq_cuda_warp_sum(errp[it]) : 0.0;",
+        "            errs[it] = it < n_it ? errp[it] : 0.0;",
+    ),
+]
+
+
+def apply_mutation(text: str, m: Mutation) -> str:
+    n = text.count(m.old)
+    if n != 1:
+        pytest.fail(
+            f"mutation {m.name!r}: the text it replaces occurs {n} times in {KERNELS} (expected once); "
+            f"update MUTATIONS in {Path(__file__).name} to the encoders' current source:\n{m.old}"
+        )
+    return text.replace(m.old, m.new)
+
+
+def build(out: Path, kernels_text: str, ref_lib: Path) -> Path:
+    """Compiles encode_emu against kernels_text (placed first on the include path) and the CPU reference."""
+    assert CXX is not None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / KERNELS.name).write_text(kernels_text)
+    flags = [*CXXFLAGS, "-O1", "-I", str(out), "-I", str(HERE), "-I", str(CUDA), "-I", str(SRC)]
+    units = ("encode_emu", "cuda_emu")
+    objs = [str(out / f"{u}.o") for u in units]
+    compile_all([[CXX, *flags, "-c", str(HERE / f"{u}.cpp"), "-o", o] for u, o in zip(units, objs, strict=True)])
+    exe = out / "encode_emu"
+    lib_dir = str(ref_lib.parent)
+    link = [CXX, *objs, "-L", lib_dir, "-ltq", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", str(exe)]
+    res = subprocess.run(link, capture_output=True, text=True, timeout=TIMEOUT_S)
+    if res.returncode != 0:
+        raise RuntimeError(f"link failed:\n{' '.join(link)}\n{res.stderr[-8000:]}")
+    return exe
+
+
+@dataclass
+class Run:
+    order: str
+    returncode: int
+    output: str
+    types: int = -1
+    blocks: int = -1
+    differing: int = -1
+    failed: int = -1
+
+
+def run(exe: Path, order: str) -> Run:
+    res = subprocess.run(
+        [str(exe), "--order", order, "--seed", "3", "--blocks", str(N_BLOCKS)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    r = Run(order, res.returncode, res.stdout + res.stderr)
+    m = re.search(SUMMARY, r.output)
+    if m:
+        r.types, r.blocks, r.differing, r.failed = (int(m[i]) for i in range(2, 6))
+    return r
+
+
+@pytest.fixture(scope="module")
+def ref_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    formats = formats_harness()
+    return formats.build_library(tmp_path_factory.mktemp("tqlib"))
+
+
+@pytest.fixture(scope="module")
+def emulator(ref_lib: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build(tmp_path_factory.mktemp("encode_emu"), KERNELS.read_text(), ref_lib)
+
+
+def test_mutation_anchors_exist() -> None:
+    """Runs everywhere (no compiler needed): a renamed line must not silently disable a mutation test."""
+    text = KERNELS.read_text()
+    for m in MUTATIONS:
+        apply_mutation(text, m)
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_encoders_match_cpu_reference(order: str, emulator: Path) -> None:
+    r = run(emulator, order)
+    print(tail(r.output, N_TYPES + 1))
+    what = f"encode_emu --order {order} (exit status {r.returncode}):\n{tail(r.output)}"
+    assert r.returncode == 0, what
+    assert (r.types, r.blocks) == (N_TYPES, N_TYPES * N_BLOCKS), what
+    assert r.failed == 0, what
+
+
+@pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
+def test_mutated_encoder_fails(mutation: Mutation, ref_lib: Path, tmp_path: Path) -> None:
+    exe = build(tmp_path / "build", apply_mutation(KERNELS.read_text(), mutation), ref_lib)
+    r = run(exe, "backward")
+    print(tail(r.output, N_TYPES + 1))
+    assert r.returncode in (0, 1), f"the harness crashed instead of reporting failures:\n{tail(r.output)}"
+    assert r.types == N_TYPES, tail(r.output)
+    assert r.failed > 0 and r.returncode == 1, f"mutation {mutation.name!r} went unnoticed:\n{tail(r.output)}"
