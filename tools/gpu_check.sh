@@ -39,6 +39,7 @@
 #                  the model halves may travel on separate calls: each is kept in $TQ_BUILD/quality/parts
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
 #   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; needs TQ_BENCH's model)
+#   TQ_PROFILE_PREFILL=1 Nsight Compute: the KV-cache writes' share of the GPU time of a pp512 step (TQ_PROFILE_PAIRS)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
 #                  "tq_k_fattn_vec:8192 tq_k_encode_trellis:0 tq_k_encode_codebook:0")
@@ -213,8 +214,8 @@ fi
 # ---- per-kernel decode times (Nsight Compute) ----
 # TQ_PROFILE=1: ncu times every decode-step kernel of interest (our encoders and decode kernel, upstream's
 # SET_ROWS and vec FA) for TQ_PROFILE_PAIRS at TQ_PROFILE_DEPTHS on the hd64 random llama (TQ_BENCH builds it);
-# the table lists the mean microseconds per launch and per token. Encoders are left out at depth > 0 (the
-# depth prefill would launch them thousands of times).
+# the table lists the mean microseconds per launch and per token (tools/ncu_share.py). Encoders are left out at
+# depth > 0 (the depth prefill would launch them thousands of times).
 if [ "${TQ_PROFILE:-0}" = 1 ]; then
     say ""
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
@@ -237,31 +238,8 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
                 timeout 240 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
                     --kernel-name "regex:$re" "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" \
                     -p 0 -n 16 -r 1 -d "$depth" > "$csv" 2> "$OUT/ncu.err" || say "  ncu $pair $depth rc $?"
-                python3 - "$csv" "$pair" "$depth" <<'PYEOF' | tee -a "$SUMMARY"
-import csv, io, re, sys
-from collections import defaultdict
-path, pair, depth = sys.argv[1:4]
-text = open(path, errors="replace").read()
-start = text.find('"ID"')
-rows = list(csv.DictReader(io.StringIO(text[start:]))) if start >= 0 else []
-tot, cnt = defaultdict(float), defaultdict(int)
-for r in rows:
-    if r.get("Metric Name") != "gpu__time_duration.sum":
-        continue
-    name = re.sub(r"[(<].*", "", r["Kernel Name"]).replace("void ", "").strip()
-    v = float(r["Metric Value"].replace(",", ""))
-    unit = r.get("Metric Unit", "")
-    scale = {"nsecond": 1e-3, "ns": 1e-3, "usecond": 1.0, "us": 1.0, "msecond": 1e3, "ms": 1e3}.get(unit)
-    if scale is None:
-        sys.exit(f"unknown time unit {unit!r} in {path}")
-    tot[name] += v * scale
-    cnt[name] += 1
-# llama-bench -n 16 plus one warm-up token: 17 decode steps
-steps = 17
-print(f"  ncu {pair} depth {depth}: " + ("no kernels" if not tot else ""))
-for name in sorted(tot, key=lambda n: -tot[n]):
-    print(f"    {name:32s} {cnt[name]:6d} launches {tot[name] / cnt[name]:9.2f} us each {tot[name] / steps:9.1f} us/token")
-PYEOF
+                # llama-bench -n 16 plus one warm-up token: 17 decode steps
+                python3 "$ROOT/tools/ncu_share.py" "$csv" --label "$pair depth $depth" --steps 17 | tee -a "$SUMMARY"
             done
         done
         # TQ_PROFILE_DETAIL=1: where the time of our kernels goes (occupancy, stall reasons, memory throughput):
@@ -285,6 +263,27 @@ PYEOF
             done
         fi
     fi
+fi
+
+# ---- share of the encoders in a prefill step (Nsight Compute) ----
+# TQ_PROFILE_PREFILL=1: every kernel of a llama-bench pp512 run at depth 0 (its warm-up run included) on the hd64
+# random llama, for TQ_PROFILE_PAIRS; prints the GPU time of the KV-cache writes (our encoders; upstream's
+# set_rows / cpy for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step)
+if [ "${TQ_PROFILE_PREFILL:-0}" = 1 ]; then
+    say ""
+    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    make_model hd64
+    MOD=$M/rand-hd64-q4_k_m.gguf
+    for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
+        ctk=${pair%/*}; ctv=${pair#*/}
+        csv=$OUT/ncu-prefill-$ctk-$ctv.csv
+        stamp "ncu prefill $pair"
+        timeout 300 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
+            "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" -p 512 -n 0 -r 1 \
+            > "$csv" 2> "$OUT/ncu.err" || say "  ncu prefill $pair rc $?"
+        python3 "$ROOT/tools/ncu_share.py" "$csv" --label "prefill pp512 $pair" --part 'tq_k_encode|set_rows' \
+            | tee -a "$SUMMARY"
+    done
 fi
 
 # ---- KLD vs f16 KV on CUDA (same settings as benchmarks/kv_quality.py) ----
