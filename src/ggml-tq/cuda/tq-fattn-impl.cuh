@@ -297,7 +297,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         // that its loads are in flight during Q·K
         typename VC::word_t vw[VG][VE / VS];
         uint32_t            vd[VG];
-        uint32_t            vo[VG][2];  // outlier types: the two fp16 values; the two positions
+        [[maybe_unused]] uint32_t vo[VG][2];  // outlier types: the two fp16 values; the two positions
         const uint8_t *     vp     = V + (int64_t) (kv0 + v_rg) * p.nb21 + v_bof;
         auto                load_v = [&](const int g0) {
 #pragma unroll
