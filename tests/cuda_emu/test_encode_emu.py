@@ -38,8 +38,8 @@ from tests.cuda_emu.test_fattn_emu import (
     SRC,
     TIMEOUT_S,
     compile_all,
-    formats_harness,
-    skip_reason,
+    link_with_reference,
+    replace_once,
     tail,
 )
 
@@ -80,13 +80,7 @@ MUTATIONS = [
 
 
 def apply_mutation(text: str, m: Mutation) -> str:
-    n = text.count(m.old)
-    if n != 1:
-        pytest.fail(
-            f"mutation {m.name!r}: the text it replaces occurs {n} times in {KERNELS} (expected once); "
-            f"update MUTATIONS in {Path(__file__).name} to the encoders' current source:\n{m.old}"
-        )
-    return text.replace(m.old, m.new)
+    return replace_once(text, m.old, m.new, m.name, KERNELS, Path(__file__).name)
 
 
 def build(out: Path, kernels_text: str, ref_lib: Path) -> Path:
@@ -98,13 +92,7 @@ def build(out: Path, kernels_text: str, ref_lib: Path) -> Path:
     units = ("encode_emu", "cuda_emu")
     objs = [str(out / f"{u}.o") for u in units]
     compile_all([[CXX, *flags, "-c", str(HERE / f"{u}.cpp"), "-o", o] for u, o in zip(units, objs, strict=True)])
-    exe = out / "encode_emu"
-    lib_dir = str(ref_lib.parent)
-    link = [CXX, *objs, "-L", lib_dir, "-ltq", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", str(exe)]
-    res = subprocess.run(link, capture_output=True, text=True, timeout=TIMEOUT_S)
-    if res.returncode != 0:
-        raise RuntimeError(f"link failed:\n{' '.join(link)}\n{res.stderr[-8000:]}")
-    return exe
+    return link_with_reference(objs, out / "encode_emu", ref_lib)
 
 
 @dataclass
@@ -130,15 +118,6 @@ def run(exe: Path, order: str) -> Run:
     if m:
         r.types, r.blocks, r.differing, r.failed = (int(m[i]) for i in range(2, 6))
     return r
-
-
-@pytest.fixture(scope="module")
-def ref_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    formats = formats_harness()
-    return formats.build_library(tmp_path_factory.mktemp("tqlib"))
 
 
 @pytest.fixture(scope="module")

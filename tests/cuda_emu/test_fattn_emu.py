@@ -138,14 +138,19 @@ MUTATIONS = [
 ]
 
 
-def apply_mutation(text: str, m: Mutation) -> str:
-    n = text.count(m.old)
+def replace_once(text: str, old: str, new: str, name: str, source: Path, test_file: str) -> str:
+    """text with old (which must occur exactly once) replaced: a mutation of a kernel source."""
+    n = text.count(old)
     if n != 1:
         pytest.fail(
-            f"mutation {m.name!r}: the text it replaces occurs {n} times in {KERNEL} (expected once); "
-            f"update MUTATIONS in {Path(__file__).name} to the kernel's current source:\n{m.old}"
+            f"mutation {name!r}: the text it replaces occurs {n} times in {source} (expected once); "
+            f"update MUTATIONS in {test_file} to the current source:\n{old}"
         )
-    return text.replace(m.old, m.new)
+    return text.replace(old, new)
+
+
+def apply_mutation(text: str, m: Mutation) -> str:
+    return replace_once(text, m.old, m.new, m.name, KERNEL, Path(__file__).name)
 
 
 def compile_all(jobs: list[list[str]]) -> None:
@@ -174,7 +179,12 @@ def build_emulator(out: Path, kernel_text: str, ref_lib: Path, pairs: str | None
         jobs.append([CXX, *flags, *extra, "-c", str(HERE / src), "-o", str(out / obj)])
         objs.append(str(out / obj))
     compile_all(jobs)
-    exe = out / "fattn_emu"
+    return link_with_reference(objs, out / "fattn_emu", ref_lib)
+
+
+def link_with_reference(objs: list[str], exe: Path, ref_lib: Path) -> Path:
+    """Links the objects with the CPU reference library (libtq.so, found at run time through an rpath)."""
+    assert CXX is not None
     lib_dir = str(ref_lib.parent)
     link = [CXX, *objs, "-L", lib_dir, "-ltq", f"-Wl,-rpath,{lib_dir}", "-lm", "-o", str(exe)]
     res = subprocess.run(link, capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -221,17 +231,6 @@ def run_emulator(exe: Path, arg_sets: list[list[str]]) -> list[RunResult]:
 
 def tail(text: str, n: int = 40) -> str:
     return "\n".join(text.splitlines()[-n:])
-
-
-@pytest.fixture(scope="module")
-def ref_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    formats = formats_harness()
-    if shutil.which(formats.CC) is None:
-        pytest.skip(f"no C compiler found ({formats.CC}) for the CPU reference")
-    return formats.build_library(tmp_path_factory.mktemp("tqlib"))
 
 
 @pytest.fixture(scope="module")
