@@ -330,6 +330,8 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             }
             ws.cost[0][tq_vit_pos(s)] = c;
         }
+        ws.hb[0][g] = 0;  // step 0 has no predecessor: what the first odd step's dummy read finds (written before
+                          // the barrier that read follows)
     }
 
     // the cost positions a step reads (the K predecessors of group g) and writes (states g + 64 j): the same in
@@ -350,7 +352,7 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
     // Two-step back-pointers for the trace-back: an even step remembers its h and the group g1 that its best
     // predecessor belongs to; the next (odd) step reads hb[i - 1][g1] beside its costs and stores j2.
     int             p_h   = 0;            // pending: h of the last even step i,
-    const uint8_t * p_hbp = &ws.hb[0][0];  //          the hb of step i - 1 that completes it (a dummy at first)
+    const uint8_t * p_hbp = &ws.hb[0][g];  //          the hb of step i - 1 that completes it (a dummy at first)
     auto step = [&](const int i, const float * src, float * dst, auto odd) {
         constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
         const float * yp = &ws.y[(i + rot) & (QK_TQ - 1)];  // addresses before the barrier
