@@ -38,7 +38,7 @@
 #   TQ_QUALITY_UB  llama-perplexity -ub (default 512: prefill path; 8: every step goes through the decode kernel)
 #                  the model halves may travel on separate calls: each is kept in $TQ_BUILD/quality/parts
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
-#   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; needs TQ_BENCH's model)
+#   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; hd64 random llama)
 #   TQ_PROFILE_PREFILL=1 Nsight Compute: the KV-cache writes' share of the GPU time of a pp512 step (TQ_PROFILE_PAIRS)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
@@ -211,19 +211,25 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
     grep -E "^\|" "$OUT/kv_speed/speed.md" 2>/dev/null | tee -a "$SUMMARY"
 fi
 
-# ---- per-kernel decode times (Nsight Compute) ----
-# TQ_PROFILE=1: ncu times every decode-step kernel of interest (our encoders and decode kernel, upstream's
-# SET_ROWS and vec FA) for TQ_PROFILE_PAIRS at TQ_PROFILE_DEPTHS on the hd64 random llama (TQ_BENCH builds it);
-# the table lists the mean microseconds per launch and per token (tools/ncu_share.py). Encoders are left out at
-# depth > 0 (the depth prefill would launch them thousands of times).
-if [ "${TQ_PROFILE:-0}" = 1 ]; then
-    say ""
+# Nsight Compute and the hd64 random llama for the profiles: sets NCU and MOD, or says what is missing
+ncu_setup() {
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     make_model hd64
     MOD=$M/rand-hd64-q4_k_m.gguf
     if [ -z "$NCU" ] || [ ! -f "$MOD" ]; then
         say "profile: ncu or $MOD missing"
-    else
+        return 1
+    fi
+}
+
+# ---- per-kernel decode times (Nsight Compute) ----
+# TQ_PROFILE=1: ncu times every decode-step kernel of interest (our encoders and decode kernel, upstream's
+# SET_ROWS and vec FA) for TQ_PROFILE_PAIRS at TQ_PROFILE_DEPTHS on the hd64 random llama (made on first use);
+# the table lists the mean microseconds per launch and per token (tools/ncu_share.py). Encoders are left out at
+# depth > 0 (the depth prefill would launch them thousands of times).
+if [ "${TQ_PROFILE:-0}" = 1 ]; then
+    say ""
+    if ncu_setup; then
         CUOBJ=$(command -v cuobjdump)
         [ -n "$CUOBJ" ] && "$CUOBJ" -res-usage "$BLD"/bin/libggml-cuda.so 2>/dev/null | grep -A1 -E "tq_k_fattn_vec|tq_k_encode" \
             | grep -E "Function|REG" | paste - - | sed -E 's/.*Function ([^ :]+).*REG:([0-9]+).*STACK:([0-9]+).*SHARED:([0-9]+).*/  res \1 REG \2 STACK \3 SHARED \4/' \
@@ -268,12 +274,8 @@ fi
 # ---- share of the encoders in a prefill step (Nsight Compute) ----
 # TQ_PROFILE_PREFILL=1: every kernel of a llama-bench pp512 run at depth 0 (its warm-up run included) on the hd64
 # random llama, for TQ_PROFILE_PAIRS; prints the GPU time of the KV-cache writes (our encoders; upstream's
-# set_rows / cpy for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step)
-if [ "${TQ_PROFILE_PREFILL:-0}" = 1 ]; then
-    say ""
-    NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    make_model hd64
-    MOD=$M/rand-hd64-q4_k_m.gguf
+# set_rows for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step)
+if [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && say "" && ncu_setup; then
     for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
         ctk=${pair%/*}; ctv=${pair#*/}
         csv=$OUT/ncu-prefill-$ctk-$ctv.csv

@@ -71,6 +71,20 @@ void emu_set_order(const emu_order order, const uint64_t seed) {
     g_emu.rng   = seed * 2 + 1;
 }
 
+bool emu_order_from_name(const char * name, emu_order * order) {
+    static const struct {
+        const char * name;
+        emu_order    order;
+    } names[] = { { "forward", EMU_ORDER_FORWARD }, { "backward", EMU_ORDER_BACKWARD }, { "shuffled", EMU_ORDER_SHUFFLED } };
+    for (const auto & n : names) {
+        if (strcmp(name, n.name) == 0) {
+            *order = n.order;
+            return true;
+        }
+    }
+    return false;
+}
+
 static void emu_yield() {
     emu_ctx_switch(&g_emu.sp[g_emu.cur], g_emu.sched_sp);
 }

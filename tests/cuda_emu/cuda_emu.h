@@ -70,6 +70,9 @@ enum emu_order {
 // the order in which lanes run between barriers (seed: for EMU_ORDER_SHUFFLED)
 void emu_set_order(emu_order order, uint64_t seed);
 
+// "forward", "backward" or "shuffled" -> *order; false for any other name
+bool emu_order_from_name(const char * name, emu_order * order);
+
 // runs body() as n_threads lanes (a multiple of 32, at most EMU_MAX_THREADS) until all of them return;
 // threadIdx.x is the running lane, blockIdx is left as the caller set it
 void emu_run_block(int n_threads, const std::function<void()> & body);

@@ -104,15 +104,16 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
     tq_quantize_row_ref(tq, x.data(), cpu.data(), (int64_t) n_blocks * QK_TQ);
 
-    const emu_loc loc{ x.data(), gpu.data(), bs };
+    // the kernel arguments tq_encode_cuda (tq-cuda.cu) passes
+    const emu_loc           loc{ x.data(), gpu.data(), bs };
+    const tq_cuda_tab<type> tab  = tq_cuda_host_tab<type>();
+    const float             tmax = tq_cuda_tab_max(tab);
+    const tq_cuda_cb_params P    = tq_cuda_host_cb_params<type>();
     for (int ib = 0; ib < n_blocks; ++ib) {
         blockIdx = emu_dim3{ (unsigned) ib, 0, 0 };
         if constexpr (F::trellis) {
-            const tq_cuda_tab<type> tab  = tq_cuda_host_tab<type>();
-            const float             tmax = tq_cuda_tab_max(tab);
             emu_run_block(TQ_VIT_THREADS, [&]() { tq_k_encode_trellis<type, emu_loc>(loc, tab, tmax); });
         } else {
-            const tq_cuda_cb_params P = tq_cuda_host_cb_params<type>();
             emu_run_block(64, [&]() { tq_k_encode_codebook<type, emu_loc>(loc, P); });
         }
     }
@@ -147,12 +148,12 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
 }
 
 int main(int argc, char ** argv) {
-    emu_order   order      = EMU_ORDER_FORWARD;
+    emu_order    order      = EMU_ORDER_FORWARD;
     const char * order_name = "forward";
-    uint64_t    seed       = 1;
-    int         n_blocks   = 240;
-    double      max_diff   = 0.01;
-    bool        verbose    = false;
+    uint64_t     seed       = 1;
+    int          n_blocks   = 240;
+    double       max_diff   = 0.01;
+    bool         verbose    = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a    = argv[i];
         auto              next = [&]() -> const char * {
@@ -163,11 +164,9 @@ int main(int argc, char ** argv) {
             return argv[++i];
         };
         if (a == "--order") {
-            order_name        = next();
-            const std::string o = order_name;
-            order = o == "forward" ? EMU_ORDER_FORWARD : o == "backward" ? EMU_ORDER_BACKWARD : EMU_ORDER_SHUFFLED;
-            if (o != "forward" && o != "backward" && o != "shuffled") {
-                fprintf(stderr, "encode_emu: unknown order %s\n", o.c_str());
+            order_name = next();
+            if (!emu_order_from_name(order_name, &order)) {
+                fprintf(stderr, "encode_emu: unknown order %s\n", order_name);
                 return 2;
             }
         } else if (a == "--seed") {

@@ -541,14 +541,7 @@ int main(int argc, char ** argv) {
         };
         if (a == "--order") {
             order_name = next();
-            const std::string o = order_name;
-            if (o == "forward") {
-                order = EMU_ORDER_FORWARD;
-            } else if (o == "backward") {
-                order = EMU_ORDER_BACKWARD;
-            } else if (o == "shuffled") {
-                order = EMU_ORDER_SHUFFLED;
-            } else {
+            if (!emu_order_from_name(order_name, &order)) {
                 usage();
             }
         } else if (a == "--seed") {

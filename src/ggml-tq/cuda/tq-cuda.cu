@@ -6,9 +6,6 @@
 #include "tq-cuda.cuh"
 #include "tq-encode-impl.cuh"
 
-#include <cmath>
-#include <cstring>
-
 #define TQ_CUDA_BLOCK_SIZE 256
 
 // ---- dequantize: contiguous, non-contiguous, get_rows -----------------------------------------------
