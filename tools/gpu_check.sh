@@ -110,7 +110,7 @@ cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DC
     -DLLAMA_TQ_SRC_DIR="$TQ_BUILD/src/llama-tq-src" "${FA_ARG[@]}" > "$OUT/build.log" 2>&1 \
     || { tail -30 "$OUT/build.log"; say "configure FAILED"; exit 1; }
 TARGETS=(test-backend-ops)
-[ "${TQ_BENCH:-0}" = 1 ] || [ "${TQ_PROFILE:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
+[ "${TQ_BENCH:-0}" = 1 ] || [ "${TQ_PROFILE:-0}" = 1 ] || [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
 [ "${TQ_QUALITY:-0}" = 1 ] && TARGETS+=(llama-perplexity llama-quantize)
 [ "${TQ_FINETUNE:-0}" = 1 ] && TARGETS+=(llama-finetune llama-quantize)
 stamp "build ${TARGETS[*]}"
