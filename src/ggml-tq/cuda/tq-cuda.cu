@@ -289,6 +289,14 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
         const tq_cuda_tab<type> tab  = tq_cuda_host_tab<type>();
         const float             tmax = tq_cuda_tab_max(tab);
         GGML_ASSERT(nblocks <= INT32_MAX);
+        // as many blocks per SM as the launch bounds allow: prefer shared memory to L1 (see tq_vit_min_blocks)
+        static bool carveout_set[GGML_CUDA_MAX_DEVICES] = { false };
+        const int   id                                  = ggml_cuda_get_device();
+        if (!carveout_set[id]) {
+            CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc>, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            cudaSharedmemCarveoutMaxShared));
+            carveout_set[id] = true;
+        }
         tq_k_encode_trellis<type, Loc><<<(unsigned) nblocks, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax);
     } else {
         GGML_ASSERT(nblocks <= INT32_MAX);

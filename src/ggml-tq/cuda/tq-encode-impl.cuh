@@ -273,12 +273,16 @@ static float tq_cuda_tab_max(const tq_cuda_tab<type> & tab) {
 }
 
 #define TQ_VIT_THREADS 64               // threads per trellis block (= per thread block)
+// rows of hb kept: an odd step reads the row two steps back while it writes its own, and the trace-back reads
+// only the last step's (the earlier ones are in j2), so 4 rows instead of 64: 3.75 KiB less shared memory per
+// block, so that a prefill's blocks fit the GPU in one wave
+#define TQ_VIT_HB_RING 4
 
 template <int k>
 struct tq_vit_smem {
     static constexpr int NS = 1 << (k + 6);
     float    cost[2][NS + NS / 32];
-    uint8_t  hb[QK_TQ][64];  // [step][group]: argmin h of the step's predecessor minimum
+    uint8_t  hb[TQ_VIT_HB_RING][64];  // [step % TQ_VIT_HB_RING][group]: argmin h of the step's predecessor minimum
     uint8_t  j2[QK_TQ / 2][64];  // [even step i / 2][group]: hb of step i | hb of step i - 1 on that path << k
     float    xv[QK_TQ];      // input block
     float    y[QK_TQ];       // Viterbi target
@@ -383,10 +387,10 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             }
         }
         const float v = c[0];
-        ws.hb[i][g]   = (uint8_t) hi[0];
+        ws.hb[i % TQ_VIT_HB_RING][g] = (uint8_t) hi[0];
         if (!ODD) {
             p_h   = hi[0];
-            p_hbp = &ws.hb[i - 1][((g << k) | hi[0]) & 63];
+            p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING][((g << k) | hi[0]) & 63];
         }
         const bool zi = W0 && ((wz >> i) & 1);
 #pragma unroll
@@ -398,13 +402,18 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             ws.j2[i / 2][g] = (uint8_t) (p_h | hb_prev << k);
         }
     };
+    // four steps per iteration, so that the hb rows (i % 4) are constants: steps 1 .. 60, then 61, 62, 63
+    static_assert(QK_TQ % 4 == 0 && TQ_VIT_HB_RING == 4, "steps 1 + 4 n .. 4 + 4 n, then the last three");
 #pragma unroll 1
-    for (int i = 1; i + 1 < QK_TQ; i += 2) {
+    for (int i = 1; i + 3 < QK_TQ; i += 4) {
         step(i, ws.cost[0], ws.cost[1], std::true_type());
         step(i + 1, ws.cost[1], ws.cost[0], std::false_type());
+        step(i + 2, ws.cost[0], ws.cost[1], std::true_type());
+        step(i + 3, ws.cost[1], ws.cost[0], std::false_type());
     }
-    static_assert(QK_TQ % 2 == 0, "the last step (63) is odd and reads buffer 0");
-    step(QK_TQ - 1, ws.cost[0], ws.cost[1], std::true_type());
+    step(QK_TQ - 3, ws.cost[0], ws.cost[1], std::true_type());
+    step(QK_TQ - 2, ws.cost[1], ws.cost[0], std::false_type());
+    step(QK_TQ - 1, ws.cost[0], ws.cost[1], std::true_type());  // the last step is odd and writes buffer 1
     __syncthreads();
     const float * last = ws.cost[(QK_TQ - 1) & 1];
 
@@ -463,7 +472,7 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
         // (g_fix of the second pass): trace back that far
         int s            = sbest;
         ws.st[QK_TQ - 1] = (uint16_t) s;
-        s                = (s & 63) * K + ws.hb[QK_TQ - 1][s & 63];
+        s                = (s & 63) * K + ws.hb[(QK_TQ - 1) % TQ_VIT_HB_RING][s & 63];
         ws.st[QK_TQ - 2] = (uint16_t) s;
         const int stop   = g_fix < 0 ? QK_TQ / 2 : 0;
         for (int i = QK_TQ - 2; i > stop; i -= 2) {
@@ -555,8 +564,15 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
     }
 }
 
+// blocks per SM the trellis encoder is compiled for: 2-bit trellises at 32 (32 registers, no spill in the step
+// loop), so that a 512-token prefill's 4096 blocks of 8 KV heads fit an H100/H200 (132 SMs) in one wave; with
+// ~5 KiB of shared memory per block that takes the largest shared-memory carveout (tq_encode_cuda sets it)
+static constexpr __host__ __device__ int tq_vit_min_blocks(const int k) {
+    return k == 2 ? 32 : k == 3 ? 18 : 12;
+}
+
 template <ggml_type type, class Loc>
-static __global__ void __launch_bounds__(TQ_VIT_THREADS)
+static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type>::b))
 tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f) {
     using F             = tq_cuda_fmt<type>;
     constexpr int k     = F::b;
@@ -564,10 +580,8 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
     constexpr int NS    = F::ntab;
     static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
 
-    __shared__ float             s_tab[NS];
-    __shared__ tq_vit_smem<k>    ws;
-    tq_cuda_load_tab<type>(s_tab, tab);
-    __syncthreads();
+    __shared__ tq_vit_smem<k> ws;  // the table is read from the kernel argument (constant bank), not shared
+                                   // memory: at the start into registers, at the end two values per lane
 
     const int     t    = threadIdx.x;
     const int     lane = threadIdx.x % 32;
@@ -576,7 +590,7 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
     float t_reg[K];
 #pragma unroll
     for (int j = 0; j < K; ++j) {
-        t_reg[j] = s_tab[t + 64 * j];
+        t_reg[j] = tab.v[t + 64 * j];
     }
     const char * xrow = loc.src_row(ib);
     ws.xv[t]          = *(const float *) (xrow + t * loc.nb00);
@@ -621,7 +635,7 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
         for (int u = 0; u * k < F::L; ++u) {
             st |= (unsigned) ws.code[(j + u) & (QK_TQ - 1)] << (u * k);
         }
-        const double tv = s_tab[st & (NS - 1)];
+        const double tv = tab.v[st & (NS - 1)];
         if (h == 0 ? in0 : in1) {
             num += (h == 0 ? x0 : x1) * tv;
             den += tv * tv;
