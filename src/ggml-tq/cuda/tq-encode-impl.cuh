@@ -567,8 +567,17 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
 // blocks per SM the trellis encoder is compiled for: 2-bit trellises at 32 (32 registers, no spill in the step
 // loop), so that a 512-token prefill's 4096 blocks of 8 KV heads fit an H100/H200 (132 SMs) in one wave; with
 // ~5 KiB of shared memory per block that takes the largest shared-memory carveout (tq_encode_cuda sets it)
+// (capped at the architecture's resident blocks per SM: 16 on sm_75/86/87, 24 on sm_89, else 32)
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 750 || __CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870)
+#define TQ_VIT_MAX_BLOCKS_SM 16
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 890
+#define TQ_VIT_MAX_BLOCKS_SM 24
+#else
+#define TQ_VIT_MAX_BLOCKS_SM 32
+#endif
 static constexpr __host__ __device__ int tq_vit_min_blocks(const int k) {
-    return k == 2 ? 32 : k == 3 ? 18 : 12;
+    const int want = k == 2 ? 32 : k == 3 ? 18 : 12;
+    return want < TQ_VIT_MAX_BLOCKS_SM ? want : TQ_VIT_MAX_BLOCKS_SM;
 }
 
 template <ggml_type type, class Loc>
