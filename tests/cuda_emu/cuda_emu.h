@@ -217,6 +217,10 @@ static inline float2 make_float2(const float x, const float y) {
     return float2{ x, y };
 }
 
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+
 #define __expf(x) expf(x)  // a macro: glibc declares a __expf of its own
 
 static inline uint32_t __funnelshift_r(const uint32_t lo, const uint32_t hi, const uint32_t shift) {

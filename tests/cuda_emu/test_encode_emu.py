@@ -67,8 +67,13 @@ MUTATIONS = [
     ),
     Mutation(
         "viterbi-step-barrier",
-        "  // addresses before the barrier\n        __syncthreads();\n",
-        "  // addresses before the barrier\n",
+        "        const bool zp = W0 && ((wz >> (i - 1)) & 1);\n        __syncthreads();\n",
+        "        const bool zp = W0 && ((wz >> (i - 1)) & 1);\n",
+    ),
+    Mutation(
+        "viterbi-weight-zero",
+        "            c[4 * q + u] = z ? vv[u] : __fadd_rn(vv[u], e2[4 * q + u]);",
+        "            c[4 * q + u] = __fadd_rn(vv[u], e2[4 * q + u]);",
     ),
     Mutation("nearest-tie", "        c += x > thr[i] ? 1 : 0;", "        c += x >= thr[i] ? 1 : 0;"),
     Mutation(

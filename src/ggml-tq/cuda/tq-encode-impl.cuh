@@ -255,12 +255,13 @@ tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
 // ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one thread
 // block of two warps (64 threads) per trellis block, so that a decode step, which encodes a handful of blocks,
 // waits for a short chain.
-// Thread t owns predecessor group g = t and the K = 2^k states s = t + 64 j (s mod 64 = g; their table values
-// live in registers). A step takes the minimum over the group's K states g*K + h (ties: lowest h, remembered
-// for the trace-back), then writes the new costs of its own states: cost'(s) = m[s mod 64] + (y - t[s])^2
-// (weight-0 samples: m). Costs are double-buffered in shared memory with one float of padding per 32
-// (conflict-free for both access patterns), one barrier per step. Arithmetic, order and tie rules are those of
-// tq-viterbi.inc, so the chosen path is the CPU's.
+// The cost of state s after step i is m_i[s mod 64] + (y_i - t[s])^2 (weight-0 samples: m_i), where m_i[g] is
+// the minimum over the K = 2^k predecessors g*K + h of the costs after step i - 1 (ties: lowest h, remembered
+// for the trace-back). So a step exchanges only the 64 minima m (double-buffered in shared memory, one barrier
+// per step): thread t owns group g = t, reads the K consecutive minima m_{i-1}[(g*K + h) mod 64] (16-byte
+// loads), adds the squared errors of its K predecessor states (computed before the barrier; their table values
+// live in registers) and writes m_i[g]. Arithmetic, order and tie rules are those of tq-viterbi.inc (a cost is
+// the same m + e^2, rounded once each), so the chosen path is the CPU's.
 
 // the largest |value| of a trellis table (the tmax argument of tq_k_encode_trellis), on the host
 template <ggml_type type>
@@ -274,14 +275,12 @@ static float tq_cuda_tab_max(const tq_cuda_tab<type> & tab) {
 
 #define TQ_VIT_THREADS 64               // threads per trellis block (= per thread block)
 // rows of hb kept: an odd step reads the row two steps back while it writes its own, and the trace-back reads
-// only the last step's (the earlier ones are in j2), so 4 rows instead of 64: 3.75 KiB less shared memory per
-// block, so that a prefill's blocks fit the GPU in one wave
+// only the last step's (the earlier ones are in j2), so 4 rows instead of 64
 #define TQ_VIT_HB_RING 4
 
 template <int k>
 struct tq_vit_smem {
-    static constexpr int NS = 1 << (k + 6);
-    float    cost[2][NS + NS / 32];
+    float4   m[2][64 / 4];       // [step % 2]: the minima m_i[g] of a step, four groups per float4
     uint8_t  hb[TQ_VIT_HB_RING][64];  // [step % TQ_VIT_HB_RING][group]: argmin h of the step's predecessor minimum
     uint8_t  j2[QK_TQ / 2][64];  // [even step i / 2][group]: hb of step i | hb of step i - 1 on that path << k
     float    xv[QK_TQ];      // input block
@@ -295,12 +294,6 @@ struct tq_vit_smem {
     int      zero;           // the block is all zero (after the outliers)
 };
 
-static __device__ __forceinline__ int tq_vit_pos(const int s) {
-    return s + (s >> 5);
-}
-
-
-
 // storage position of state s in tq-viterbi.inc (used for its tie rule at the end of a free pass)
 template <int k>
 static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
@@ -310,93 +303,102 @@ static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
     return (s & (K - 1)) * 64 + (g % Q) * K + g / Q;
 }
 
-// One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set; W0: the type has outlier
-// slots, else w0 is 0). g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the
-// best path in ws.st (thread 0 writes; a free pass only ws.st[32 .. 63]).
-// t: the thread's index (0..63).
-template <int k, bool W0>
-static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_reg)[1 << k], const uint64_t w0,
-                                   const int rot, const int g_fix, const int t) {
+// the costs after step i - 1 of the K predecessors g*K + h of group g: minima m (of step i - 1) plus the squared
+// errors e2 (weight-0 sample: no error); m's K entries are consecutive and 16-byte aligned
+template <int k>
+static __device__ __forceinline__ void tq_vit_pred_costs(const float4 * m, const int g, const float (&e2)[1 << k],
+                                                         const bool z, float (&c)[1 << k]) {
     constexpr int K = 1 << k;
-    const int     g = t;
-
-    {
-        const int   i0 = rot;
-        const float y0 = ws.y[i0];
-        const bool  z0 = (w0 >> i0) & 1;
+    const float4 * mp = m + (((g * K) & 63) >> 2);
 #pragma unroll
-        for (int j = 0; j < K; ++j) {
-            const int   s = g + 64 * j;
-            const float e = y0 - t_reg[j];
-            float       c = z0 ? (0.0f * e) * e : e * e;
-            if (g_fix >= 0 && g != g_fix) {
-                c = TQ_CUDA_INF;
-            }
-            ws.cost[0][tq_vit_pos(s)] = c;
+    for (int q = 0; q < K / 4; ++q) {
+        const float4 v  = mp[q];
+        const float  vv[4] = { v.x, v.y, v.z, v.w };
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            c[4 * q + u] = z ? vv[u] : __fadd_rn(vv[u], e2[4 * q + u]);
         }
-        ws.hb[0][g] = 0;  // step 0 has no predecessor: what the first odd step's dummy read finds (written before
-                          // the barrier that read follows)
     }
+}
 
-    // the cost positions a step reads (the K predecessors of group g) and writes (states g + 64 j): the same in
-    // every step, so they stay in registers; steps go in pairs so that the buffer of each is fixed
-    int rd[K];
-    int wr[K];
+// the minimum of c as a tree of pairs (log2 K levels instead of K - 1 in a chain); the right one of a pair wins
+// only if strictly smaller, so the index is the lowest h of the minimum, as the CPU's scan. Returns c's minimum,
+// its index in *h_min.
+template <int K>
+static __device__ __forceinline__ float tq_vit_min(float (&c)[K], int * h_min) {
+    int hi[K];
 #pragma unroll
     for (int h = 0; h < K; ++h) {
-        rd[h] = tq_vit_pos(g * K + h);
-        wr[h] = tq_vit_pos(g + 64 * h);
+        hi[h] = h;
     }
+#pragma unroll
+    for (int w = 1; w < K; w *= 2) {
+#pragma unroll
+        for (int h = 0; h < K; h += 2 * w) {
+            const bool r = c[h + w] < c[h];
+            c[h]         = r ? c[h + w] : c[h];
+            hi[h]        = r ? hi[h + w] : hi[h];
+        }
+    }
+    *h_min = hi[0];
+    return c[0];
+}
+
+// One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set; W0: the type has outlier
+// slots, else w0 is 0). g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the
+// best path in ws.st (a free pass only ws.st[32 .. 63]).
+// t: the thread's index (0..63); t_pred[h] = t[t*K + h] (its predecessor states), t_own[j] = t[t + 64 j] (its
+// own states, for the end of a free pass).
+template <int k, bool W0>
+static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_pred)[1 << k],
+                                                   const float (&t_own)[1 << k], const uint64_t w0, const int rot,
+                                                   const int g_fix, const int t) {
+    constexpr int K = 1 << k;
+    const int     g = t;
+    float *       m0 = (float *) ws.m[0];
+
+    // step 0: no predecessor, m_0 = 0 (fixed pass: the other groups at infinity; infinity + e^2 is infinity)
+    m0[g]       = g_fix < 0 || g == g_fix ? 0.0f : TQ_CUDA_INF;
+    ws.hb[0][g] = 0;  // what the first odd step's dummy read finds (written before the barrier that read follows)
+
     // bit i: sample (i + rot) % 64 has weight 0
     const uint64_t wz = W0 ? (rot == 0 ? w0 : (w0 >> rot) | (w0 << (QK_TQ - rot))) : 0;
 
-    // step i: the minimum over the predecessors (ties: lowest h), then the new costs m + (y - t)^2 (weight 0:
-    // m), multiply and add rounded separately as the CPU does. The sample is read with the costs, after the
-    // barrier, so that the path from one barrier to the next is a load, the minimum and one add.
-    // Two-step back-pointers for the trace-back: an even step remembers its h and the group g1 that its best
-    // predecessor belongs to; the next (odd) step reads hb[i - 1][g1] beside its costs and stores j2.
-    int             p_h   = 0;            // pending: h of the last even step i,
-    const uint8_t * p_hbp = &ws.hb[0][g];  //          the hb of step i - 1 that completes it (a dummy at first)
-    auto step = [&](const int i, const float * src, float * dst, auto odd) {
-        constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
-        const float * yp = &ws.y[(i + rot) & (QK_TQ - 1)];  // addresses before the barrier
-        __syncthreads();
-        const float yi = *yp;
-        float       c[K];
+    // the squared errors of the predecessor states at step i (sample (i + rot) % 64): they do not depend on
+    // the other threads, so they are ready before the barrier
+    auto pred_e2 = [&](const int i, float (&e2)[K]) {
+        const float yi = ws.y[(i + rot) & (QK_TQ - 1)];
 #pragma unroll
         for (int h = 0; h < K; ++h) {
-            c[h] = src[rd[h]];
+            const float e = yi - t_pred[h];
+            e2[h]         = __fmul_rn(e, e);
         }
+    };
+
+    // step i: m_i[g] = the minimum of the costs after step i - 1 of g's predecessors.
+    // Two-step back-pointers for the trace-back: an even step remembers its h and the group g1 that its best
+    // predecessor belongs to; the next (odd) step reads hb[i - 1][g1] beside the minima and stores j2.
+    int             p_h   = 0;            // pending: h of the last even step i,
+    const uint8_t * p_hbp = &ws.hb[0][g];  //          the hb of step i - 1 that completes it (a dummy at first)
+    float           v     = 0.0f;         // m_i[g] of the last step
+    auto step = [&](const int i, const float4 * src, float4 * dst, auto odd) {
+        constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
+        float e2[K];
+        pred_e2(i - 1, e2);
+        const bool zp = W0 && ((wz >> (i - 1)) & 1);
+        __syncthreads();
+        float c[K];
+        tq_vit_pred_costs<k>(src, g, e2, zp, c);
         // (odd i: the hb that completes the pending back-pointer of step i - 1; at i = 1 a dummy, stored in
         // j2[0], which the trace-back never reads)
         const int hb_prev = ODD ? *p_hbp : 0;
-        // the minimum as a tree of pairs (log2 K levels instead of K - 1 in a chain); the right one of a pair
-        // wins only if strictly smaller, so the result is the lowest h of the minimum, as the CPU's scan
-        int hi[K];
-#pragma unroll
-        for (int h = 0; h < K; ++h) {
-            hi[h] = h;
-        }
-#pragma unroll
-        for (int w = 1; w < K; w *= 2) {
-#pragma unroll
-            for (int h = 0; h < K; h += 2 * w) {
-                const bool r = c[h + w] < c[h];
-                c[h]         = r ? c[h + w] : c[h];
-                hi[h]        = r ? hi[h + w] : hi[h];
-            }
-        }
-        const float v = c[0];
-        ws.hb[i % TQ_VIT_HB_RING][g] = (uint8_t) hi[0];
+        int       h_min;
+        v                             = tq_vit_min<K>(c, &h_min);
+        ((float *) dst)[g]            = v;
+        ws.hb[i % TQ_VIT_HB_RING][g] = (uint8_t) h_min;
         if (!ODD) {
-            p_h   = hi[0];
-            p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING][((g << k) | hi[0]) & 63];
-        }
-        const bool zi = W0 && ((wz >> i) & 1);
-#pragma unroll
-        for (int j = 0; j < K; ++j) {
-            const float e = yi - t_reg[j];
-            dst[wr[j]]    = zi ? v : __fadd_rn(v, __fmul_rn(e, e));
+            p_h   = h_min;
+            p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING][((g << k) | h_min) & 63];
         }
         if (ODD) {
             ws.j2[i / 2][g] = (uint8_t) (p_h | hb_prev << k);
@@ -406,26 +408,31 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
     static_assert(QK_TQ % 4 == 0 && TQ_VIT_HB_RING == 4, "steps 1 + 4 n .. 4 + 4 n, then the last three");
 #pragma unroll 1
     for (int i = 1; i + 3 < QK_TQ; i += 4) {
-        step(i, ws.cost[0], ws.cost[1], std::true_type());
-        step(i + 1, ws.cost[1], ws.cost[0], std::false_type());
-        step(i + 2, ws.cost[0], ws.cost[1], std::true_type());
-        step(i + 3, ws.cost[1], ws.cost[0], std::false_type());
+        step(i, ws.m[0], ws.m[1], std::true_type());
+        step(i + 1, ws.m[1], ws.m[0], std::false_type());
+        step(i + 2, ws.m[0], ws.m[1], std::true_type());
+        step(i + 3, ws.m[1], ws.m[0], std::false_type());
     }
-    step(QK_TQ - 3, ws.cost[0], ws.cost[1], std::true_type());
-    step(QK_TQ - 2, ws.cost[1], ws.cost[0], std::false_type());
-    step(QK_TQ - 1, ws.cost[0], ws.cost[1], std::true_type());  // the last step is odd and writes buffer 1
+    step(QK_TQ - 3, ws.m[0], ws.m[1], std::true_type());
+    step(QK_TQ - 2, ws.m[1], ws.m[0], std::false_type());
+    step(QK_TQ - 1, ws.m[0], ws.m[1], std::true_type());  // the last step is odd and writes buffer 1
+    const bool z_last = W0 && ((wz >> (QK_TQ - 1)) & 1);
+    const float y_last = ws.y[(QK_TQ - 1 + rot) & (QK_TQ - 1)];
     __syncthreads();
-    const float * last = ws.cost[(QK_TQ - 1) & 1];
 
+    int sbest = 0;  // the end state (thread tb's)
+    const int tb = g_fix < 0 ? 0 : g_fix;  // the thread that traces back
     if (g_fix < 0) {
-        // min cost, ties: lowest storage position of tq-viterbi.inc
+        // min cost over all states (thread g: its states g + 64 j, cost m_63[g] + e^2), ties: lowest storage
+        // position of tq-viterbi.inc
         float bc = TQ_CUDA_INF;
         int   bp = 1 << 30;
         int   bs = 0;
 #pragma unroll
         for (int j = 0; j < K; ++j) {
             const int   s = g + 64 * j;
-            const float c = last[tq_vit_pos(s)];
+            const float e = y_last - t_own[j];
+            const float c = z_last ? v : __fadd_rn(v, __fmul_rn(e, e));
             const int   p = tq_vit_cpu_pos<k>(s);
             if (c < bc || (c == bc && p < bp)) {
                 bc = c;
@@ -450,24 +457,23 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             ws.bs[t / 32] = bs;
         }
         __syncthreads();
-    }
-
-    if (t == 0) {
-        int sbest;
-        if (g_fix < 0) {
+        if (t == tb) {
             const bool second = ws.bc[1] < ws.bc[0] || (ws.bc[1] == ws.bc[0] && ws.bp[1] < ws.bp[0]);
             sbest = ws.bs[second ? 1 : 0];
-        } else {
-            sbest   = g_fix * K;
-            float v = last[tq_vit_pos(sbest)];
-            for (int h = 1; h < K; ++h) {
-                const float c = last[tq_vit_pos(g_fix * K + h)];
-                if (c < v) {
-                    v     = c;
-                    sbest = g_fix * K + h;
-                }
-            }
         }
+    } else if (t == tb) {
+        // the end state's group is g_fix: the lowest-cost of g_fix's K predecessor states (ties: lowest h), which
+        // are this thread's
+        float e2[K];
+        pred_e2(QK_TQ - 1, e2);
+        float c[K];
+        tq_vit_pred_costs<k>(ws.m[(QK_TQ - 1) & 1], g_fix, e2, z_last, c);
+        int h_min;
+        tq_vit_min<K>(c, &h_min);
+        sbest = g_fix * K + h_min;
+    }
+
+    if (t == tb) {
         // one step back from 63, then two steps per back-pointer j2; a free pass is read at position 32 only
         // (g_fix of the second pass): trace back that far
         int s            = sbest;
@@ -576,7 +582,7 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
 #define TQ_VIT_MAX_BLOCKS_SM 32
 #endif
 static constexpr __host__ __device__ int tq_vit_min_blocks(const int k) {
-    const int want = k == 2 ? 32 : k == 3 ? 18 : 12;
+    const int want = k == 2 ? 32 : k == 3 ? 24 : 16;
     return want < TQ_VIT_MAX_BLOCKS_SM ? want : TQ_VIT_MAX_BLOCKS_SM;
 }
 
@@ -596,10 +602,12 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
     const int     lane = threadIdx.x % 32;
     const int64_t ib   = blockIdx.x;
 
-    float t_reg[K];
+    float t_pred[K];  // table values of this thread's predecessor states t*K + h
+    float t_own[K];   // and of its own states t + 64 j
 #pragma unroll
     for (int j = 0; j < K; ++j) {
-        t_reg[j] = tab.v[t + 64 * j];
+        t_pred[j] = tab.v[t * K + j];
+        t_own[j]  = tab.v[t + 64 * j];
     }
     const char * xrow = loc.src_row(ib);
     ws.xv[t]          = *(const float *) (xrow + t * loc.nb00);
@@ -616,9 +624,9 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
     const uint64_t w0 = ws.w0;
 
     // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
-    tq_vit_pass<k, (F::n_out > 0)>(ws, t_reg, w0, QK_TQ / 2, -1, t);
+    tq_vit_pass<k, (F::n_out > 0)>(ws, t_pred, t_own, w0, QK_TQ / 2, -1, t);
     const int g_fix = ws.st[QK_TQ / 2] & 63;
-    tq_vit_pass<k, (F::n_out > 0)>(ws, t_reg, w0, 0, g_fix, t);
+    tq_vit_pass<k, (F::n_out > 0)>(ws, t_pred, t_own, w0, 0, g_fix, t);
     if (t >= 32) {
         return;
     }
