@@ -9,7 +9,7 @@
 //   - __syncwarp() and __syncthreads() as real barriers: a lane stops there until every lane of its warp (of
 //     its block) has arrived. A barrier that cannot complete (a lane finished, or waits at another barrier)
 //     is reported as an error: CUDA leaves it undefined;
-//   - __shfl_xor_sync() as an exchange through a buffer between two warp barriers, with CUDA's rule for a
+//   - __shfl_xor_sync() and __shfl_sync() as an exchange through a buffer between two warp barriers, with CUDA's rule for a
 //     width below 32 (a lane of a later group gives the caller its own value);
 //   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
 //   - __any_sync() as a vote through the same buffer;
@@ -108,6 +108,20 @@ static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width =
     uint64_t bits = 0;
     memcpy(&bits, &var, sizeof(T));
     bits = emu_shfl(bits, src);
+    T res;
+    memcpy(&res, &bits, sizeof(T));
+    return res;
+}
+
+template <typename T>
+static inline T __shfl_sync(unsigned mask, T var, int src_lane) {
+    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of more than 8 bytes");
+    if (mask != 0xffffffffu) {
+        emu_fatal("__shfl_sync: only the full mask is emulated");
+    }
+    uint64_t bits = 0;
+    memcpy(&bits, &var, sizeof(T));
+    bits = emu_shfl(bits, src_lane & (WARP_SIZE - 1));
     T res;
     memcpy(&res, &bits, sizeof(T));
     return res;

@@ -109,11 +109,15 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     const tq_cuda_tab<type> tab  = tq_cuda_host_tab<type>();
     const float             tmax = tq_cuda_tab_max(tab);
     const tq_cuda_cb_params P    = tq_cuda_host_cb_params<type>();
-    for (int ib = 0; ib < n_blocks; ++ib) {
-        blockIdx = emu_dim3{ (unsigned) ib, 0, 0 };
-        if constexpr (F::trellis) {
-            emu_run_block(TQ_VIT_THREADS, [&]() { tq_k_encode_trellis<type, emu_loc>(loc, tab, tmax); });
-        } else {
+    if constexpr (F::trellis) {
+        // TQ_VIT_WARPS blocks per thread block, as tq_encode_cuda launches them
+        for (int ibb = 0; ibb * TQ_VIT_WARPS < n_blocks; ++ibb) {
+            blockIdx = emu_dim3{ (unsigned) ibb, 0, 0 };
+            emu_run_block(TQ_VIT_THREADS, [&]() { tq_k_encode_trellis<type, emu_loc>(loc, tab, tmax, n_blocks); });
+        }
+    } else {
+        for (int ib = 0; ib < n_blocks; ++ib) {
+            blockIdx = emu_dim3{ (unsigned) ib, 0, 0 };
             emu_run_block(64, [&]() { tq_k_encode_codebook<type, emu_loc>(loc, P); });
         }
     }

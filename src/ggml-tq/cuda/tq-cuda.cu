@@ -297,7 +297,8 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
                                             cudaSharedmemCarveoutMaxShared));
             carveout_set[id] = true;
         }
-        tq_k_encode_trellis<type, Loc><<<(unsigned) nblocks, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax);
+        const unsigned n_tb = (unsigned) ((nblocks + TQ_VIT_WARPS - 1) / TQ_VIT_WARPS);
+        tq_k_encode_trellis<type, Loc><<<n_tb, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
     } else {
         GGML_ASSERT(nblocks <= INT32_MAX);
         tq_k_encode_codebook<type, Loc><<<(unsigned) nblocks, 64, 0, stream>>>(loc, tq_cuda_host_cb_params<type>());

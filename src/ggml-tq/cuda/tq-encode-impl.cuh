@@ -252,16 +252,15 @@ tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
     tq_cuda_pack_codes<b>(codes, blk + F::qs_off, lane);
 }
 
-// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one thread
-// block of two warps (64 threads) per trellis block, so that a decode step, which encodes a handful of blocks,
-// waits for a short chain.
+// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one warp per
+// trellis block (TQ_VIT_WARPS blocks per thread block), so that a step needs a warp barrier, not a block barrier.
 // The cost of state s after step i is m_i[s mod 64] + (y_i - t[s])^2 (weight-0 samples: m_i), where m_i[g] is
 // the minimum over the K = 2^k predecessors g*K + h of the costs after step i - 1 (ties: lowest h, remembered
-// for the trace-back). So a step exchanges only the 64 minima m (double-buffered in shared memory, one barrier
-// per step): thread t owns group g = t, reads the K consecutive minima m_{i-1}[(g*K + h) mod 64] (16-byte
-// loads), adds the squared errors of its K predecessor states (computed before the barrier; their table values
-// live in registers) and writes m_i[g]. Arithmetic, order and tie rules are those of tq-viterbi.inc (a cost is
-// the same m + e^2, rounded once each), so the chosen path is the CPU's.
+// for the trace-back). So a step exchanges only the 64 minima m (double-buffered in shared memory): lane l owns
+// groups l and l + 32, whose predecessors have the same K consecutive minima m_{i-1}[(l*K + h) mod 64] (one or
+// more 16-byte loads serve both), adds the squared errors of the 2 K predecessor states (table values in
+// registers) and writes m_i of its two groups. Arithmetic, order and tie rules are those of tq-viterbi.inc (a
+// cost is the same m + e^2, rounded once each), so the chosen path is the CPU's.
 
 // the largest |value| of a trellis table (the tmax argument of tq_k_encode_trellis), on the host
 template <ggml_type type>
@@ -273,25 +272,21 @@ static float tq_cuda_tab_max(const tq_cuda_tab<type> & tab) {
     return tmax;
 }
 
-#define TQ_VIT_THREADS 64               // threads per trellis block (= per thread block)
-// rows of hb kept: an odd step reads the row two steps back while it writes its own, and the trace-back reads
-// only the last step's (the earlier ones are in j2), so 4 rows instead of 64
-#define TQ_VIT_HB_RING 4
+#define TQ_VIT_WARPS   2                  // trellis blocks (one per warp) per thread block
+#define TQ_VIT_THREADS (32 * TQ_VIT_WARPS)
 
+// one warp's working memory
 template <int k>
 struct tq_vit_smem {
-    float4   m[2][64 / 4];       // [step % 2]: the minima m_i[g] of a step, four groups per float4
-    uint8_t  hb[TQ_VIT_HB_RING][64];  // [step % TQ_VIT_HB_RING][group]: argmin h of the step's predecessor minimum
-    uint8_t  j2[QK_TQ / 2][64];  // [even step i / 2][group]: hb of step i | hb of step i - 1 on that path << k
-    float    xv[QK_TQ];      // input block
-    float    y[QK_TQ];       // Viterbi target
-    uint16_t st[QK_TQ];      // path of the last pass
-    uint8_t  code[QK_TQ];    // its k-bit codes
-    uint64_t w0;             // bit j set: sample j has weight 0 (an outlier slot)
-    float    bc[2];          // end of a free pass: each warp's best cost,
-    int      bp[2];          //   its storage position in tq-viterbi.inc
-    int      bs[2];          //   and its state
-    int      zero;           // the block is all zero (after the outliers)
+    float4   m[2][64 / 4];          // [step % 2]: the minima m_i[g] of a step, four groups per float4
+    float4   y4[QK_TQ / 4];         // Viterbi target (four samples per float4)
+    uint8_t  j2[QK_TQ / 2][64];     // [even step i / 2][group]: h of step i | h of step i - 1 on that path << k
+    uint8_t  h_last[64];            // [group]: h of the last step
+    float    xv[QK_TQ];             // input block
+    uint16_t st[QK_TQ];             // path of the last pass
+    uint8_t  code[QK_TQ];           // its k-bit codes
+    uint64_t w0;                    // bit j set: sample j has weight 0 (an outlier slot)
+    int      zero;                  // the block is all zero (after the outliers)
 };
 
 // storage position of state s in tq-viterbi.inc (used for its tie rule at the end of a free pass)
@@ -301,24 +296,6 @@ static __device__ __forceinline__ int tq_vit_cpu_pos(const int s) {
     constexpr int Q = 64 / K;
     const int     g = s >> k;
     return (s & (K - 1)) * 64 + (g % Q) * K + g / Q;
-}
-
-// the costs after step i - 1 of the K predecessors g*K + h of group g: minima m (of step i - 1) plus the squared
-// errors e2 (weight-0 sample: no error); m's K entries are consecutive and 16-byte aligned
-template <int k>
-static __device__ __forceinline__ void tq_vit_pred_costs(const float4 * m, const int g, const float (&e2)[1 << k],
-                                                         const bool z, float (&c)[1 << k]) {
-    constexpr int K = 1 << k;
-    const float4 * mp = m + (((g * K) & 63) >> 2);
-#pragma unroll
-    for (int q = 0; q < K / 4; ++q) {
-        const float4 v  = mp[q];
-        const float  vv[4] = { v.x, v.y, v.z, v.w };
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            c[4 * q + u] = z ? vv[u] : __fadd_rn(vv[u], e2[4 * q + u]);
-        }
-    }
 }
 
 // the minimum of c as a tree of pairs (log2 K levels instead of K - 1 in a chain); the right one of a pair wins
@@ -344,100 +321,135 @@ static __device__ __forceinline__ float tq_vit_min(float (&c)[K], int * h_min) {
     return c[0];
 }
 
+// the costs after a step of the K predecessors g*K + h of group g: the step's minima mv (m[(g*K + h) mod 64])
+// plus the squared errors e2 (weight-0 sample: no error); then their minimum (index in *h_min)
+template <int K>
+static __device__ __forceinline__ float tq_vit_pred_min(const float (&mv)[K], const float (&e2)[K], const bool z,
+                                                        int * h_min) {
+    float c[K];
+#pragma unroll
+    for (int h = 0; h < K; ++h) {
+        c[h] = z ? mv[h] : __fadd_rn(mv[h], e2[h]);
+    }
+    return tq_vit_min<K>(c, h_min);
+}
+
+// m[(l*K + h) mod 64], h = 0 .. K - 1: the minima of the predecessors of lane l's groups (16-byte aligned)
+template <int K>
+static __device__ __forceinline__ void tq_vit_load_m(const float4 * m, const int lane, float (&mv)[K]) {
+    const float4 * mp = m + (((lane * K) & 63) >> 2);
+#pragma unroll
+    for (int q = 0; q < K / 4; ++q) {
+        const float4 v = mp[q];
+        mv[4 * q + 0]  = v.x;
+        mv[4 * q + 1]  = v.y;
+        mv[4 * q + 2]  = v.z;
+        mv[4 * q + 3]  = v.w;
+    }
+}
+
 // One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set; W0: the type has outlier
-// slots, else w0 is 0). g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix. Leaves the
-// best path in ws.st (a free pass only ws.st[32 .. 63]).
-// t: the thread's index (0..63); t_pred[h] = t[t*K + h] (its predecessor states), t_own[j] = t[t + 64 j] (its
-// own states, for the end of a free pass).
-template <int k, bool W0>
-static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const float (&t_pred)[1 << k],
-                                                   const float (&t_own)[1 << k], const uint64_t w0, const int rot,
-                                                   const int g_fix, const int t) {
+// slots, else w0 is 0) by one warp. g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix.
+// Leaves the best path in ws.st (a free pass only ws.st[32 .. 63]).
+// t_pred[a][h]: the table values of the predecessor states (lane + 32 a)*K + h of the lane's groups.
+template <ggml_type type, bool W0>
+static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<tq_cuda_fmt<type>::b> & ws,
+                                                   const tq_cuda_tab<type> & tab,
+                                                   const float (&t_pred)[2][1 << tq_cuda_fmt<type>::b],
+                                                   const uint64_t w0, const int rot, const int g_fix, const int lane) {
+    constexpr int k = tq_cuda_fmt<type>::b;
     constexpr int K = 1 << k;
-    const int     g = t;
-    float *       m0 = (float *) ws.m[0];
+    const float * y = (const float *) ws.y4;
 
     // step 0: no predecessor, m_0 = 0 (fixed pass: the other groups at infinity; infinity + e^2 is infinity)
-    m0[g]       = g_fix < 0 || g == g_fix ? 0.0f : TQ_CUDA_INF;
-    ws.hb[0][g] = 0;  // what the first odd step's dummy read finds (written before the barrier that read follows)
+    {
+        float * m0       = (float *) ws.m[0];
+        m0[lane]         = g_fix < 0 || lane == g_fix ? 0.0f : TQ_CUDA_INF;
+        m0[lane + 32]    = g_fix < 0 || lane + 32 == g_fix ? 0.0f : TQ_CUDA_INF;
+    }
+    __syncwarp();
 
     // bit i: sample (i + rot) % 64 has weight 0
     const uint64_t wz = W0 ? (rot == 0 ? w0 : (w0 >> rot) | (w0 << (QK_TQ - rot))) : 0;
 
-    // the squared errors of the predecessor states at step i (sample (i + rot) % 64): they do not depend on
-    // the other threads, so they are ready before the barrier
-    auto pred_e2 = [&](const int i, float (&e2)[K]) {
-        const float yi = ws.y[(i + rot) & (QK_TQ - 1)];
-#pragma unroll
-        for (int h = 0; h < K; ++h) {
-            const float e = yi - t_pred[h];
-            e2[h]         = __fmul_rn(e, e);
-        }
-    };
-
-    // step i: m_i[g] = the minimum of the costs after step i - 1 of g's predecessors.
-    // Two-step back-pointers for the trace-back: an even step remembers its h and the group g1 that its best
-    // predecessor belongs to; the next (odd) step reads hb[i - 1][g1] beside the minima and stores j2.
-    int             p_h   = 0;            // pending: h of the last even step i,
-    const uint8_t * p_hbp = &ws.hb[0][g];  //          the hb of step i - 1 that completes it (a dummy at first)
-    float           v     = 0.0f;         // m_i[g] of the last step
-    auto step = [&](const int i, const float4 * src, float4 * dst, auto odd) {
+    // step i (1 .. 63): m_i[g] = the minimum of the costs after step i - 1 of g's predecessors, from the minima
+    // of step i - 1 (src) and the sample yp of step i - 1. Two-step back-pointers for the trace-back: an even
+    // step i stores, per group, its h and the h of step i - 1 of the group g1 = (g*K + h) mod 64 that its best
+    // predecessor belongs to (from that group's lane: h_prev holds step i - 1's h of groups l and l + 32).
+    float    v[2]   = { 0.0f, 0.0f };  // m_i of the lane's groups, last step
+    int      hm[2]  = { 0, 0 };        // their h, last step
+    unsigned h_prev = 0;
+    auto step = [&](const int i, const float4 * src, float4 * dst, const float yp, auto odd) {
         constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
-        float e2[K];
-        pred_e2(i - 1, e2);
-        const bool zp = W0 && ((wz >> (i - 1)) & 1);
-        __syncthreads();
-        float c[K];
-        tq_vit_pred_costs<k>(src, g, e2, zp, c);
-        // (odd i: the hb that completes the pending back-pointer of step i - 1; at i = 1 a dummy, stored in
-        // j2[0], which the trace-back never reads)
-        const int hb_prev = ODD ? *p_hbp : 0;
-        int       h_min;
-        v                             = tq_vit_min<K>(c, &h_min);
-        ((float *) dst)[g]            = v;
-        ws.hb[i % TQ_VIT_HB_RING][g] = (uint8_t) h_min;
+        const bool     zp  = W0 && ((wz >> (i - 1)) & 1);
+        float          mv[K];
+        tq_vit_load_m<K>(src, lane, mv);
+#pragma unroll
+        for (int a = 0; a < 2; ++a) {
+            float e2[K];
+#pragma unroll
+            for (int h = 0; h < K; ++h) {
+                const float e = yp - t_pred[a][h];
+                e2[h]         = __fmul_rn(e, e);
+            }
+            v[a] = tq_vit_pred_min<K>(mv, e2, zp, &hm[a]);
+            ((float *) dst)[lane + 32 * a] = v[a];
+        }
         if (!ODD) {
-            p_h   = h_min;
-            p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING][((g << k) | h_min) & 63];
+#pragma unroll
+            for (int a = 0; a < 2; ++a) {
+                const int      g1 = ((lane << k) | hm[a]) & 63;
+                const unsigned hv = __shfl_sync(0xFFFFFFFF, h_prev, g1 & 31);
+                ws.j2[i / 2][lane + 32 * a] = (uint8_t) (hm[a] | ((hv >> (8 * (g1 >> 5))) & 0xFF) << k);
+            }
         }
-        if (ODD) {
-            ws.j2[i / 2][g] = (uint8_t) (p_h | hb_prev << k);
-        }
+        h_prev = (unsigned) hm[0] | (unsigned) hm[1] << 8;
+        __syncwarp();
     };
-    // four steps per iteration, so that the hb rows (i % 4) are constants: steps 1 .. 60, then 61, 62, 63
-    static_assert(QK_TQ % 4 == 0 && TQ_VIT_HB_RING == 4, "steps 1 + 4 n .. 4 + 4 n, then the last three");
+    // four steps per iteration, with the four samples of steps i - 1 .. i + 2 in one load: steps 1 .. 60, then
+    // 61, 62, 63
+    static_assert(QK_TQ % 4 == 0, "steps 1 + 4 n .. 4 + 4 n, then the last three");
 #pragma unroll 1
     for (int i = 1; i + 3 < QK_TQ; i += 4) {
-        step(i, ws.m[0], ws.m[1], std::true_type());
-        step(i + 1, ws.m[1], ws.m[0], std::false_type());
-        step(i + 2, ws.m[0], ws.m[1], std::true_type());
-        step(i + 3, ws.m[1], ws.m[0], std::false_type());
+        const float4 yq = ws.y4[((i - 1 + rot) & (QK_TQ - 1)) / 4];
+        step(i, ws.m[0], ws.m[1], yq.x, std::true_type());
+        step(i + 1, ws.m[1], ws.m[0], yq.y, std::false_type());
+        step(i + 2, ws.m[0], ws.m[1], yq.z, std::true_type());
+        step(i + 3, ws.m[1], ws.m[0], yq.w, std::false_type());
     }
-    step(QK_TQ - 3, ws.m[0], ws.m[1], std::true_type());
-    step(QK_TQ - 2, ws.m[1], ws.m[0], std::false_type());
-    step(QK_TQ - 1, ws.m[0], ws.m[1], std::true_type());  // the last step is odd and writes buffer 1
-    const bool z_last = W0 && ((wz >> (QK_TQ - 1)) & 1);
-    const float y_last = ws.y[(QK_TQ - 1 + rot) & (QK_TQ - 1)];
-    __syncthreads();
+    {
+        const float4 yq = ws.y4[((QK_TQ - 4 + rot) & (QK_TQ - 1)) / 4];
+        step(QK_TQ - 3, ws.m[0], ws.m[1], yq.x, std::true_type());
+        step(QK_TQ - 2, ws.m[1], ws.m[0], yq.y, std::false_type());
+        step(QK_TQ - 1, ws.m[0], ws.m[1], yq.z, std::true_type());  // the last step is odd and writes buffer 1
+    }
+    ws.h_last[lane]      = (uint8_t) hm[0];
+    ws.h_last[lane + 32] = (uint8_t) hm[1];
+    const bool  z_last   = W0 && ((wz >> (QK_TQ - 1)) & 1);
+    const float y_last   = y[(QK_TQ - 1 + rot) & (QK_TQ - 1)];
+    __syncwarp();
 
-    int sbest = 0;  // the end state (thread tb's)
-    const int tb = g_fix < 0 ? 0 : g_fix;  // the thread that traces back
+    int       sbest;                       // the end state
+    const int tb = g_fix < 0 ? 0 : g_fix & 31;  // the lane that traces back
     if (g_fix < 0) {
-        // min cost over all states (thread g: its states g + 64 j, cost m_63[g] + e^2), ties: lowest storage
-        // position of tq-viterbi.inc
+        // min cost over all states (lane l: the states g + 64 j of its groups g, cost m_63[g] + e^2), ties: lowest
+        // storage position of tq-viterbi.inc
         float bc = TQ_CUDA_INF;
         int   bp = 1 << 30;
         int   bs = 0;
 #pragma unroll
-        for (int j = 0; j < K; ++j) {
-            const int   s = g + 64 * j;
-            const float e = y_last - t_own[j];
-            const float c = z_last ? v : __fadd_rn(v, __fmul_rn(e, e));
-            const int   p = tq_vit_cpu_pos<k>(s);
-            if (c < bc || (c == bc && p < bp)) {
-                bc = c;
-                bp = p;
-                bs = s;
+        for (int a = 0; a < 2; ++a) {
+#pragma unroll
+            for (int j = 0; j < K; ++j) {
+                const int   s = lane + 32 * a + 64 * j;
+                const float e = y_last - tab.v[s];
+                const float c = z_last ? v[a] : __fadd_rn(v[a], __fmul_rn(e, e));
+                const int   p = tq_vit_cpu_pos<k>(s);
+                if (c < bc || (c == bc && p < bp)) {
+                    bc = c;
+                    bp = p;
+                    bs = s;
+                }
             }
         }
 #pragma unroll
@@ -451,34 +463,30 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
                 bs = os;
             }
         }
-        if (t % 32 == 0) {
-            ws.bc[t / 32] = bc;
-            ws.bp[t / 32] = bp;
-            ws.bs[t / 32] = bs;
+        sbest = bs;
+    } else {
+        // the end state's group is g_fix: the lowest-cost of its K predecessor states (ties: lowest h), which are
+        // lane tb's (group g_fix = tb + 32 a)
+        const int a = g_fix >> 5;
+        float     mv[K];
+        float     e2[K];
+        tq_vit_load_m<K>(ws.m[(QK_TQ - 1) & 1], lane, mv);
+#pragma unroll
+        for (int h = 0; h < K; ++h) {
+            const float e = y_last - (a == 0 ? t_pred[0][h] : t_pred[1][h]);
+            e2[h]         = __fmul_rn(e, e);
         }
-        __syncthreads();
-        if (t == tb) {
-            const bool second = ws.bc[1] < ws.bc[0] || (ws.bc[1] == ws.bc[0] && ws.bp[1] < ws.bp[0]);
-            sbest = ws.bs[second ? 1 : 0];
-        }
-    } else if (t == tb) {
-        // the end state's group is g_fix: the lowest-cost of g_fix's K predecessor states (ties: lowest h), which
-        // are this thread's
-        float e2[K];
-        pred_e2(QK_TQ - 1, e2);
-        float c[K];
-        tq_vit_pred_costs<k>(ws.m[(QK_TQ - 1) & 1], g_fix, e2, z_last, c);
         int h_min;
-        tq_vit_min<K>(c, &h_min);
+        tq_vit_pred_min<K>(mv, e2, z_last, &h_min);
         sbest = g_fix * K + h_min;
     }
 
-    if (t == tb) {
+    if (lane == tb) {
         // one step back from 63, then two steps per back-pointer j2; a free pass is read at position 32 only
         // (g_fix of the second pass): trace back that far
         int s            = sbest;
         ws.st[QK_TQ - 1] = (uint16_t) s;
-        s                = (s & 63) * K + ws.hb[(QK_TQ - 1) % TQ_VIT_HB_RING][s & 63];
+        s                = (s & 63) * K + ws.h_last[s & 63];
         ws.st[QK_TQ - 2] = (uint16_t) s;
         const int stop   = g_fix < 0 ? QK_TQ / 2 : 0;
         for (int i = QK_TQ - 2; i > stop; i -= 2) {
@@ -490,12 +498,12 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<k> & ws, const fl
             ws.st[i - 2] = (uint16_t) s;
         }
     }
-    __syncthreads();
+    __syncwarp();
 }
 
 // preparation as in tq_trellis_quantize_block, by the first warp of a trellis block with warp reductions:
 // lane l holds samples l, l + 32. Writes the outlier slots (and a zero block's scale and stream), ws.w0,
-// ws.zero and the Viterbi target ws.y.
+// ws.zero and the Viterbi target ws.y4.
 template <ggml_type type>
 static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<type>::b> & ws, uint8_t * blk,
                                                       const float tmax_f, const int lane) {
@@ -561,8 +569,9 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
         const double rms  = sqrt(ss / (QK_TQ - n_out));
         const double tmax = tmax_f;
         const double d0   = tmax > 0.0 && amax / tmax > rms ? amax / tmax : rms;
-        ws.y[lane]        = in0 ? (float) (x0 / d0) : 0.0f;
-        ws.y[lane + 32]   = in1 ? (float) (x1 / d0) : 0.0f;
+        float * y         = (float *) ws.y4;
+        y[lane]           = in0 ? (float) (x0 / d0) : 0.0f;
+        y[lane + 32]      = in1 ? (float) (x1 / d0) : 0.0f;
     }
 
     if (lane == 0) {
@@ -570,10 +579,8 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
     }
 }
 
-// blocks per SM the trellis encoder is compiled for: 2-bit trellises at 32 (32 registers, no spill in the step
-// loop), so that a 512-token prefill's 4096 blocks of 8 KV heads fit an H100/H200 (132 SMs) in one wave; with
-// ~5 KiB of shared memory per block that takes the largest shared-memory carveout (tq_encode_cuda sets it)
-// (capped at the architecture's resident blocks per SM: 16 on sm_75/86/87, 24 on sm_89, else 32)
+// blocks per SM the trellis encoder is compiled for (capped at the architecture's resident blocks per SM: 16 on
+// sm_75/86/87, 24 on sm_89, else 32)
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 750 || __CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870)
 #define TQ_VIT_MAX_BLOCKS_SM 16
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 890
@@ -582,54 +589,56 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
 #define TQ_VIT_MAX_BLOCKS_SM 32
 #endif
 static constexpr __host__ __device__ int tq_vit_min_blocks(const int k) {
-    const int want = k == 2 ? 32 : k == 3 ? 24 : 16;
+    const int want = k == 2 ? 24 : k == 3 ? 16 : 12;
     return want < TQ_VIT_MAX_BLOCKS_SM ? want : TQ_VIT_MAX_BLOCKS_SM;
 }
 
+// trellis block ib = blockIdx.x * TQ_VIT_WARPS + warp, ib < n_blocks
 template <ggml_type type, class Loc>
 static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type>::b))
-tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f) {
+tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f, const int n_blocks) {
     using F             = tq_cuda_fmt<type>;
     constexpr int k     = F::b;
     constexpr int K     = 1 << k;
     constexpr int NS    = F::ntab;
     static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
 
-    __shared__ tq_vit_smem<k> ws;  // the table is read from the kernel argument (constant bank), not shared
-                                   // memory: at the start into registers, at the end two values per lane
+    // the table is read from the kernel argument (constant bank), not shared memory
+    __shared__ tq_vit_smem<k> ws_all[TQ_VIT_WARPS];
 
-    const int     t    = threadIdx.x;
     const int     lane = threadIdx.x % 32;
-    const int64_t ib   = blockIdx.x;
-
-    float t_pred[K];  // table values of this thread's predecessor states t*K + h
-    float t_own[K];   // and of its own states t + 64 j
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-        t_pred[j] = tab.v[t * K + j];
-        t_own[j]  = tab.v[t + 64 * j];
+    const int     warp = threadIdx.x / 32;
+    const int64_t ib   = (int64_t) blockIdx.x * TQ_VIT_WARPS + warp;
+    if (ib >= n_blocks) {
+        return;  // (only warp barriers below)
     }
-    const char * xrow = loc.src_row(ib);
-    ws.xv[t]          = *(const float *) (xrow + t * loc.nb00);
-    __syncthreads();
+    tq_vit_smem<k> & ws = ws_all[warp];
+
+    float t_pred[2][K];  // table values of the predecessor states (lane + 32 a)*K + h of the lane's groups
+#pragma unroll
+    for (int a = 0; a < 2; ++a) {
+#pragma unroll
+        for (int h = 0; h < K; ++h) {
+            t_pred[a][h] = tab.v[(lane + 32 * a) * K + h];
+        }
+    }
+    const char * xrow  = loc.src_row(ib);
+    ws.xv[lane]        = *(const float *) (xrow + lane * loc.nb00);
+    ws.xv[lane + 32]   = *(const float *) (xrow + (lane + 32) * loc.nb00);
+    __syncwarp();
 
     uint8_t * blk = loc.dst_blk(ib);
-    if (t < 32) {
-        tq_vit_prepare<type>(ws, blk, tmax_f, lane);
-    }
-    __syncthreads();
+    tq_vit_prepare<type>(ws, blk, tmax_f, lane);
+    __syncwarp();
     if (ws.zero) {
         return;
     }
     const uint64_t w0 = ws.w0;
 
     // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
-    tq_vit_pass<k, (F::n_out > 0)>(ws, t_pred, t_own, w0, QK_TQ / 2, -1, t);
+    tq_vit_pass<type, (F::n_out > 0)>(ws, tab, t_pred, w0, QK_TQ / 2, -1, lane);
     const int g_fix = ws.st[QK_TQ / 2] & 63;
-    tq_vit_pass<k, (F::n_out > 0)>(ws, t_pred, t_own, w0, 0, g_fix, t);
-    if (t >= 32) {
-        return;
-    }
+    tq_vit_pass<type, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, g_fix, lane);
     const bool in0 = !((w0 >> lane) & 1);
     const bool in1 = !((w0 >> (lane + 32)) & 1);
     const double x0 = tq_cuda_sanitize(ws.xv[lane]);
