@@ -101,6 +101,7 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
 
     const std::vector<float> x = make_blocks(n_blocks, seed + (uint64_t) tq, lv, n_lv);
     std::vector<uint8_t>     gpu((size_t) n_blocks * bs, 0xA5);
+    std::vector<uint8_t>     gpu2((size_t) n_blocks * bs, 0xA5);
     std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
     tq_quantize_row_ref(tq, x.data(), cpu.data(), (int64_t) n_blocks * QK_TQ);
 
@@ -110,10 +111,18 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     const float             tmax = tq_cuda_tab_max(tab);
     const tq_cuda_cb_params P    = tq_cuda_host_cb_params<type>();
     if constexpr (F::trellis) {
-        // TQ_VIT_WARPS blocks per thread block, as tq_encode_cuda launches them
-        for (int ibb = 0; ibb * TQ_VIT_WARPS < n_blocks; ++ibb) {
+        // both forms of the trellis encoder (tq_encode_cuda picks by the launch's size): G = 1 into gpu, G = 2
+        // (TQ_VIT_G2_BLOCKS blocks per thread block, the last one part-full when n_blocks is odd) into gpu2
+        for (int ib = 0; ib < n_blocks; ++ib) {
+            blockIdx = emu_dim3{ (unsigned) ib, 0, 0 };
+            emu_run_block(TQ_VIT_THREADS, [&]() { tq_k_encode_trellis<type, emu_loc, 1>(loc, tab, tmax, n_blocks); });
+        }
+        const emu_loc loc2{ x.data(), gpu2.data(), bs };
+        for (int ibb = 0; ibb * TQ_VIT_G2_BLOCKS < n_blocks; ++ibb) {
             blockIdx = emu_dim3{ (unsigned) ibb, 0, 0 };
-            emu_run_block(TQ_VIT_THREADS, [&]() { tq_k_encode_trellis<type, emu_loc>(loc, tab, tmax, n_blocks); });
+            emu_run_block(TQ_VIT_THREADS, [&]() {
+                tq_k_encode_trellis<type, emu_loc, TQ_VIT_G2_BLOCKS>(loc2, tab, tmax, n_blocks);
+            });
         }
     } else {
         for (int ib = 0; ib < n_blocks; ++ib) {
@@ -123,9 +132,11 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     }
 
     type_result r;
-    for (int ib = 0; ib < n_blocks; ++ib) {
-        const uint8_t * g = &gpu[(size_t) ib * bs];
-        const uint8_t * c = &cpu[(size_t) ib * bs];
+    const int   n_out = F::trellis ? 2 : 1;  // outputs compared: the trellis encoder's two forms
+    for (int io = 0; io < n_out * n_blocks; ++io) {
+        const int       ib = io % n_blocks;
+        const uint8_t * g  = &(io < n_blocks ? gpu : gpu2)[(size_t) ib * bs];
+        const uint8_t * c  = &cpu[(size_t) ib * bs];
         if (memcmp(g, c, bs) == 0) {
             continue;
         }
@@ -138,11 +149,11 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
         const bool ok     = std::isfinite(eg) && rel <= 1e-5;
         r.failed += ok ? 0 : 1;
         if (!ok || verbose) {
-            printf("  %s block %d (kind %d): %s, squared error GPU %.9g CPU %.9g\n", tq_type_name(tq), ib, ib % 12,
-                   ok ? "differs (equal error)" : "DIFFERS", eg, ec);
+            printf("  %s block %d (kind %d, form %d): %s, squared error GPU %.9g CPU %.9g\n", tq_type_name(tq), ib,
+                   ib % 12, io / n_blocks + 1, ok ? "differs (equal error)" : "DIFFERS", eg, ec);
         }
     }
-    const bool too_many = r.differing > max_diff * n_blocks;
+    const bool too_many = r.differing > max_diff * n_out * n_blocks;
     if (too_many) {
         ++r.failed;
     }

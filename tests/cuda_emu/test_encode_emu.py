@@ -66,19 +66,24 @@ MUTATIONS = [
         "            s            = (s1 & 63) * K + (jj & (K - 1));",
     ),
     Mutation(
+        "hb-ring-row",
+        "p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING]",
+        "p_hbp = &ws.hb[(i + 1) % TQ_VIT_HB_RING]",
+    ),
+    Mutation(
         "j2-neighbour-half",
         "((hv >> (8 * (g1 >> 5))) & 0xFF) << k",
         "(hv & 0xFF) << k",
     ),
     Mutation(
         "viterbi-step-barrier",
-        "        h_prev = (unsigned) hm[0] | (unsigned) hm[1] << 8;\n        __syncwarp();\n",
-        "        h_prev = (unsigned) hm[0] | (unsigned) hm[1] << 8;\n",
+        "        tq_vit_sync<G>();\n    };\n",
+        "    };\n",
     ),
     Mutation(
         "viterbi-weight-zero",
-        "        c[h] = z ? mv[h] : __fadd_rn(mv[h], e2[h]);",
-        "        c[h] = __fadd_rn(mv[h], e2[h]);",
+        "        c[h]          = z ? mv[h] : __fadd_rn(mv[h], __fmul_rn(e, e));",
+        "        c[h]          = __fadd_rn(mv[h], __fmul_rn(e, e));",
     ),
     Mutation("nearest-tie", "        c += x > thr[i] ? 1 : 0;", "        c += x >= thr[i] ? 1 : 0;"),
     Mutation(

@@ -293,12 +293,20 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
         static bool carveout_set[GGML_CUDA_MAX_DEVICES] = { false };
         const int   id                                  = ggml_cuda_get_device();
         if (!carveout_set[id]) {
-            CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc>, cudaFuncAttributePreferredSharedMemoryCarveout,
+            CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc, 1>, cudaFuncAttributePreferredSharedMemoryCarveout,
                                             cudaSharedmemCarveoutMaxShared));
+            CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc, TQ_VIT_G2_BLOCKS>,
+                                            cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
             carveout_set[id] = true;
         }
-        const unsigned n_tb = (unsigned) ((nblocks + TQ_VIT_WARPS - 1) / TQ_VIT_WARPS);
-        tq_k_encode_trellis<type, Loc><<<n_tb, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
+        // a few blocks (decode): two warps per trellis block, the shorter chain; many (prefill): one warp each
+        if (nblocks >= (int64_t) TQ_VIT_G2_MIN_PER_SM * ggml_cuda_info().devices[id].nsm) {
+            const unsigned n_tb = (unsigned) ((nblocks + TQ_VIT_G2_BLOCKS - 1) / TQ_VIT_G2_BLOCKS);
+            tq_k_encode_trellis<type, Loc, TQ_VIT_G2_BLOCKS>
+                <<<n_tb, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
+        } else {
+            tq_k_encode_trellis<type, Loc, 1><<<(unsigned) nblocks, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
+        }
     } else {
         GGML_ASSERT(nblocks <= INT32_MAX);
         tq_k_encode_codebook<type, Loc><<<(unsigned) nblocks, 64, 0, stream>>>(loc, tq_cuda_host_cb_params<type>());

@@ -252,15 +252,19 @@ tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
     tq_cuda_pack_codes<b>(codes, blk + F::qs_off, lane);
 }
 
-// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi, one warp per
-// trellis block (TQ_VIT_WARPS blocks per thread block), so that a step needs a warp barrier, not a block barrier.
+// ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi.
 // The cost of state s after step i is m_i[s mod 64] + (y_i - t[s])^2 (weight-0 samples: m_i), where m_i[g] is
 // the minimum over the K = 2^k predecessors g*K + h of the costs after step i - 1 (ties: lowest h, remembered
-// for the trace-back). So a step exchanges only the 64 minima m (double-buffered in shared memory): lane l owns
-// groups l and l + 32, whose predecessors have the same K consecutive minima m_{i-1}[(l*K + h) mod 64] (one or
-// more 16-byte loads serve both), adds the squared errors of the 2 K predecessor states (table values in
-// registers) and writes m_i of its two groups. Arithmetic, order and tie rules are those of tq-viterbi.inc (a
-// cost is the same m + e^2, rounded once each), so the chosen path is the CPU's.
+// for the trace-back). So a step exchanges only the 64 minima m (double-buffered in shared memory). A thread
+// owns G groups g = t + (64 / G) a, a < G, whose predecessors have the same K consecutive minima
+// m_{i-1}[(t*K + h) mod 64] (16-byte loads serve all G), adds the squared errors of its G*K predecessor states
+// (table values in registers) and writes m_i of its groups. Two forms, one source:
+//   G = 1: 64 threads (two warps) per trellis block, a block barrier per step: the shorter chain, for a decode
+//          step's few blocks;
+//   G = 2: one warp per trellis block (TQ_VIT_G2_BLOCKS of them per thread block), warp barriers only and half
+//          the loads per group: more blocks per SM and fewer stalls, for a prefill's thousands of blocks.
+// Arithmetic, order and tie rules are those of tq-viterbi.inc (a cost is the same m + e^2, rounded once each),
+// so the chosen path is the CPU's in both forms.
 
 // the largest |value| of a trellis table (the tmax argument of tq_k_encode_trellis), on the host
 template <ggml_type type>
@@ -272,21 +276,30 @@ static float tq_cuda_tab_max(const tq_cuda_tab<type> & tab) {
     return tmax;
 }
 
-#define TQ_VIT_WARPS   2                  // trellis blocks (one per warp) per thread block
-#define TQ_VIT_THREADS (32 * TQ_VIT_WARPS)
+#define TQ_VIT_THREADS    64  // threads per thread block, both forms
+#define TQ_VIT_G2_BLOCKS  2   // trellis blocks per thread block of the G = 2 form
+// launches of at least this many trellis blocks per SM take the G = 2 form (a 512-token prefill of 8 KV heads
+// of 64: 4096 blocks, ~31 per SM on an H100/H200; a decode step: 8 to 64 blocks)
+#define TQ_VIT_G2_MIN_PER_SM 4
+// rows of hb kept by the G = 1 form: an odd step reads the row two steps back while it writes its own
+#define TQ_VIT_HB_RING 4
 
-// one warp's working memory
+// the working memory of one trellis block
 template <int k>
 struct tq_vit_smem {
-    float4   m[2][64 / 4];          // [step % 2]: the minima m_i[g] of a step, four groups per float4
-    float4   y4[QK_TQ / 4];         // Viterbi target (four samples per float4)
-    uint8_t  j2[QK_TQ / 2][64];     // [even step i / 2][group]: h of step i | h of step i - 1 on that path << k
-    uint8_t  h_last[64];            // [group]: h of the last step
-    float    xv[QK_TQ];             // input block
-    uint16_t st[QK_TQ];             // path of the last pass
-    uint8_t  code[QK_TQ];           // its k-bit codes
-    uint64_t w0;                    // bit j set: sample j has weight 0 (an outlier slot)
-    int      zero;                  // the block is all zero (after the outliers)
+    float4   m[2][64 / 4];               // [step % 2]: the minima m_i[g] of a step, four groups per float4
+    float4   y4[QK_TQ / 4];              // Viterbi target (four samples per float4)
+    uint8_t  j2[QK_TQ / 2][64];          // [even step i / 2][group]: h of step i | h of step i - 1 on that path << k
+    uint8_t  hb[TQ_VIT_HB_RING][64];     // G = 1: [step % TQ_VIT_HB_RING][group]: h of the step
+    uint8_t  h_last[64];                 // [group]: h of the last step
+    float    xv[QK_TQ];                  // input block
+    uint16_t st[QK_TQ];                  // path of the last pass
+    uint8_t  code[QK_TQ];                // its k-bit codes
+    uint64_t w0;                         // bit j set: sample j has weight 0 (an outlier slot)
+    float    bc[2];                      // G = 1, end of a free pass: each warp's best cost,
+    int      bp[2];                      //   its storage position in tq-viterbi.inc
+    int      bs[2];                      //   and its state
+    int      zero;                       // the block is all zero (after the outliers)
 };
 
 // storage position of state s in tq-viterbi.inc (used for its tie rule at the end of a free pass)
@@ -321,23 +334,24 @@ static __device__ __forceinline__ float tq_vit_min(float (&c)[K], int * h_min) {
     return c[0];
 }
 
-// the costs after a step of the K predecessors g*K + h of group g: the step's minima mv (m[(g*K + h) mod 64])
-// plus the squared errors e2 (weight-0 sample: no error); then their minimum (index in *h_min)
+// the minimum of the costs after a step of a group's K predecessors: the step's minima mv plus the squared
+// errors of the predecessor states for sample yp (weight-0 sample, z: no error); its index in *h_min
 template <int K>
-static __device__ __forceinline__ float tq_vit_pred_min(const float (&mv)[K], const float (&e2)[K], const bool z,
-                                                        int * h_min) {
+static __device__ __forceinline__ float tq_vit_pred_min(const float (&mv)[K], const float (&t_pred)[K], const float yp,
+                                                        const bool z, int * h_min) {
     float c[K];
 #pragma unroll
     for (int h = 0; h < K; ++h) {
-        c[h] = z ? mv[h] : __fadd_rn(mv[h], e2[h]);
+        const float e = yp - t_pred[h];
+        c[h]          = z ? mv[h] : __fadd_rn(mv[h], __fmul_rn(e, e));
     }
     return tq_vit_min<K>(c, h_min);
 }
 
-// m[(l*K + h) mod 64], h = 0 .. K - 1: the minima of the predecessors of lane l's groups (16-byte aligned)
+// m[(t*K + h) mod 64], h = 0 .. K - 1: the minima of the predecessors of thread t's groups (16-byte aligned)
 template <int K>
-static __device__ __forceinline__ void tq_vit_load_m(const float4 * m, const int lane, float (&mv)[K]) {
-    const float4 * mp = m + (((lane * K) & 63) >> 2);
+static __device__ __forceinline__ void tq_vit_load_m(const float4 * m, const int t, float (&mv)[K]) {
+    const float4 * mp = m + (((t * K) & 63) >> 2);
 #pragma unroll
     for (int q = 0; q < K / 4; ++q) {
         const float4 v = mp[q];
@@ -348,67 +362,93 @@ static __device__ __forceinline__ void tq_vit_load_m(const float4 * m, const int
     }
 }
 
+// the barrier between the steps of a trellis block: its two warps (G = 1) or its warp (G = 2)
+template <int G>
+static __device__ __forceinline__ void tq_vit_sync() {
+    if constexpr (G == 1) {
+        __syncthreads();
+    } else {
+        __syncwarp();
+    }
+}
+
 // One pass over the 64 samples y[(i + rot) % 64] (weight 0 where bit of w0 is set; W0: the type has outlier
-// slots, else w0 is 0) by one warp. g_fix < 0: free; else state_0 mod 64 == g_fix and state_63 >> k == g_fix.
-// Leaves the best path in ws.st (a free pass only ws.st[32 .. 63]).
-// t_pred[a][h]: the table values of the predecessor states (lane + 32 a)*K + h of the lane's groups.
-template <ggml_type type, bool W0>
+// slots, else w0 is 0) by the 64 / G threads t of a trellis block. g_fix < 0: free; else state_0 mod 64 == g_fix
+// and state_63 >> k == g_fix. Leaves the best path in ws.st (a free pass only ws.st[32 .. 63]).
+// t_pred[a][h]: the table values of the predecessor states (t + 64 a / G)*K + h of the thread's groups.
+template <ggml_type type, int G, bool W0>
 static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<tq_cuda_fmt<type>::b> & ws,
                                                    const tq_cuda_tab<type> & tab,
-                                                   const float (&t_pred)[2][1 << tq_cuda_fmt<type>::b],
-                                                   const uint64_t w0, const int rot, const int g_fix, const int lane) {
-    constexpr int k = tq_cuda_fmt<type>::b;
-    constexpr int K = 1 << k;
-    const float * y = (const float *) ws.y4;
+                                                   const float (&t_pred)[G][1 << tq_cuda_fmt<type>::b],
+                                                   const uint64_t w0, const int rot, const int g_fix, const int t) {
+    constexpr int k  = tq_cuda_fmt<type>::b;
+    constexpr int K  = 1 << k;
+    constexpr int NT = 64 / G;  // threads per trellis block
+    const float * y  = (const float *) ws.y4;
 
     // step 0: no predecessor, m_0 = 0 (fixed pass: the other groups at infinity; infinity + e^2 is infinity)
-    {
-        float * m0       = (float *) ws.m[0];
-        m0[lane]         = g_fix < 0 || lane == g_fix ? 0.0f : TQ_CUDA_INF;
-        m0[lane + 32]    = g_fix < 0 || lane + 32 == g_fix ? 0.0f : TQ_CUDA_INF;
+#pragma unroll
+    for (int a = 0; a < G; ++a) {
+        const int g            = t + NT * a;
+        ((float *) ws.m[0])[g] = g_fix < 0 || g == g_fix ? 0.0f : TQ_CUDA_INF;
     }
-    __syncwarp();
+    if constexpr (G == 1) {
+        ws.hb[0][t] = 0;  // what the first odd step's dummy read finds
+    }
+    tq_vit_sync<G>();
 
     // bit i: sample (i + rot) % 64 has weight 0
     const uint64_t wz = W0 ? (rot == 0 ? w0 : (w0 >> rot) | (w0 << (QK_TQ - rot))) : 0;
 
     // step i (1 .. 63): m_i[g] = the minimum of the costs after step i - 1 of g's predecessors, from the minima
-    // of step i - 1 (src) and the sample yp of step i - 1. Two-step back-pointers for the trace-back: an even
-    // step i stores, per group, its h and the h of step i - 1 of the group g1 = (g*K + h) mod 64 that its best
-    // predecessor belongs to (from that group's lane: h_prev holds step i - 1's h of groups l and l + 32).
-    float    v[2]   = { 0.0f, 0.0f };  // m_i of the lane's groups, last step
-    int      hm[2]  = { 0, 0 };        // their h, last step
-    unsigned h_prev = 0;
+    // of step i - 1 (src) and the sample yp of step i - 1.
+    // Two-step back-pointers for the trace-back: j2[i / 2][g] of an even step i holds g's h and the h of step
+    // i - 1 of the group g1 = (g*K + h) mod 64 that g's best predecessor belongs to. G = 2: g1's lane passes it
+    // (h_prev: step i - 1's h of the lane's groups) by a shuffle; G = 1: the next (odd) step reads it from the
+    // ring hb beside the minima (so that the read is not on the even step's path to the barrier).
+    float           v[G];        // m_i of the thread's groups, last step
+    int             hm[G];       // their h, last step
+    unsigned        h_prev = 0;  // G = 2
+    int             p_h    = 0;  // G = 1: pending h of the last even step,
+    const uint8_t * p_hbp  = &ws.hb[0][t];  //   the hb of the step before it that completes it (a dummy at first)
     auto step = [&](const int i, const float4 * src, float4 * dst, const float yp, auto odd) {
         constexpr bool ODD = decltype(odd)::value;  // i % 2 == 1
         const bool     zp  = W0 && ((wz >> (i - 1)) & 1);
         float          mv[K];
-        tq_vit_load_m<K>(src, lane, mv);
-#pragma unroll
-        for (int a = 0; a < 2; ++a) {
-            float e2[K];
-#pragma unroll
-            for (int h = 0; h < K; ++h) {
-                const float e = yp - t_pred[a][h];
-                e2[h]         = __fmul_rn(e, e);
-            }
-            v[a] = tq_vit_pred_min<K>(mv, e2, zp, &hm[a]);
-            ((float *) dst)[lane + 32 * a] = v[a];
+        tq_vit_load_m<K>(src, t, mv);
+        int hb_prev = 0;
+        if constexpr (G == 1 && ODD) {
+            hb_prev = *p_hbp;  // (at i = 1 a dummy, stored in j2[0], which the trace-back never reads)
         }
-        if (!ODD) {
 #pragma unroll
-            for (int a = 0; a < 2; ++a) {
-                const int      g1 = ((lane << k) | hm[a]) & 63;
-                const unsigned hv = __shfl_sync(0xFFFFFFFF, h_prev, g1 & 31);
-                ws.j2[i / 2][lane + 32 * a] = (uint8_t) (hm[a] | ((hv >> (8 * (g1 >> 5))) & 0xFF) << k);
-            }
+        for (int a = 0; a < G; ++a) {
+            v[a]                        = tq_vit_pred_min<K>(mv, t_pred[a], yp, zp, &hm[a]);
+            ((float *) dst)[t + NT * a] = v[a];
         }
-        h_prev = (unsigned) hm[0] | (unsigned) hm[1] << 8;
-        __syncwarp();
+        if constexpr (G == 1) {
+            ws.hb[i % TQ_VIT_HB_RING][t] = (uint8_t) hm[0];
+            if (!ODD) {
+                p_h   = hm[0];
+                p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING][((t << k) | hm[0]) & 63];
+            } else {
+                ws.j2[i / 2][t] = (uint8_t) (p_h | hb_prev << k);
+            }
+        } else {
+            if (!ODD) {
+#pragma unroll
+                for (int a = 0; a < G; ++a) {
+                    const int      g1 = ((t << k) | hm[a]) & 63;
+                    const unsigned hv = __shfl_sync(0xFFFFFFFF, h_prev, g1 & 31);
+                    ws.j2[i / 2][t + NT * a] = (uint8_t) (hm[a] | ((hv >> (8 * (g1 >> 5))) & 0xFF) << k);
+                }
+            }
+            h_prev = (unsigned) hm[0] | (unsigned) hm[G - 1] << 8;
+        }
+        tq_vit_sync<G>();
     };
-    // four steps per iteration, with the four samples of steps i - 1 .. i + 2 in one load: steps 1 .. 60, then
-    // 61, 62, 63
-    static_assert(QK_TQ % 4 == 0, "steps 1 + 4 n .. 4 + 4 n, then the last three");
+    // four steps per iteration (the hb rows i % 4 are constants), with the samples of steps i - 1 .. i + 2 in one
+    // load: steps 1 .. 60, then 61, 62, 63
+    static_assert(QK_TQ % 4 == 0 && TQ_VIT_HB_RING == 4, "steps 1 + 4 n .. 4 + 4 n, then the last three");
 #pragma unroll 1
     for (int i = 1; i + 3 < QK_TQ; i += 4) {
         const float4 yq = ws.y4[((i - 1 + rot) & (QK_TQ - 1)) / 4];
@@ -423,25 +463,27 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<tq_cuda_fmt<type>
         step(QK_TQ - 2, ws.m[1], ws.m[0], yq.y, std::false_type());
         step(QK_TQ - 1, ws.m[0], ws.m[1], yq.z, std::true_type());  // the last step is odd and writes buffer 1
     }
-    ws.h_last[lane]      = (uint8_t) hm[0];
-    ws.h_last[lane + 32] = (uint8_t) hm[1];
-    const bool  z_last   = W0 && ((wz >> (QK_TQ - 1)) & 1);
-    const float y_last   = y[(QK_TQ - 1 + rot) & (QK_TQ - 1)];
-    __syncwarp();
+#pragma unroll
+    for (int a = 0; a < G; ++a) {
+        ws.h_last[t + NT * a] = (uint8_t) hm[a];
+    }
+    const bool  z_last = W0 && ((wz >> (QK_TQ - 1)) & 1);
+    const float y_last = y[(QK_TQ - 1 + rot) & (QK_TQ - 1)];
+    tq_vit_sync<G>();
 
-    int       sbest;                       // the end state
-    const int tb = g_fix < 0 ? 0 : g_fix & 31;  // the lane that traces back
+    int       sbest = 0;                          // the end state (thread tb's)
+    const int tb    = g_fix < 0 ? 0 : g_fix % NT;  // the thread that traces back
     if (g_fix < 0) {
-        // min cost over all states (lane l: the states g + 64 j of its groups g, cost m_63[g] + e^2), ties: lowest
-        // storage position of tq-viterbi.inc
+        // min cost over all states (thread t: the states g + 64 j of its groups g, cost m_63[g] + e^2), ties:
+        // lowest storage position of tq-viterbi.inc
         float bc = TQ_CUDA_INF;
         int   bp = 1 << 30;
         int   bs = 0;
 #pragma unroll
-        for (int a = 0; a < 2; ++a) {
+        for (int a = 0; a < G; ++a) {
 #pragma unroll
             for (int j = 0; j < K; ++j) {
-                const int   s = lane + 32 * a + 64 * j;
+                const int   s = t + NT * a + 64 * j;
                 const float e = y_last - tab.v[s];
                 const float c = z_last ? v[a] : __fadd_rn(v[a], __fmul_rn(e, e));
                 const int   p = tq_vit_cpu_pos<k>(s);
@@ -464,24 +506,37 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<tq_cuda_fmt<type>
             }
         }
         sbest = bs;
-    } else {
+        if constexpr (G == 1) {
+            // and across the two warps
+            if (t % 32 == 0) {
+                ws.bc[t / 32] = bc;
+                ws.bp[t / 32] = bp;
+                ws.bs[t / 32] = bs;
+            }
+            __syncthreads();
+            const bool second = ws.bc[1] < ws.bc[0] || (ws.bc[1] == ws.bc[0] && ws.bp[1] < ws.bp[0]);
+            sbest             = ws.bs[second ? 1 : 0];
+        }
+    } else if (t == tb) {
         // the end state's group is g_fix: the lowest-cost of its K predecessor states (ties: lowest h), which are
-        // lane tb's (group g_fix = tb + 32 a)
-        const int a = g_fix >> 5;
-        float     mv[K];
-        float     e2[K];
-        tq_vit_load_m<K>(ws.m[(QK_TQ - 1) & 1], lane, mv);
+        // this thread's (group g_fix = t + NT a)
+        float mv[K];
+        float tp[K];  // t_pred of group g_fix (selected with constant indices: t_pred stays in registers)
+        tq_vit_load_m<K>(ws.m[(QK_TQ - 1) & 1], t, mv);
 #pragma unroll
         for (int h = 0; h < K; ++h) {
-            const float e = y_last - (a == 0 ? t_pred[0][h] : t_pred[1][h]);
-            e2[h]         = __fmul_rn(e, e);
+            tp[h] = t_pred[0][h];
+#pragma unroll
+            for (int a = 1; a < G; ++a) {
+                tp[h] = g_fix >= NT * a ? t_pred[a][h] : tp[h];
+            }
         }
         int h_min;
-        tq_vit_pred_min<K>(mv, e2, z_last, &h_min);
+        tq_vit_pred_min<K>(mv, tp, y_last, z_last, &h_min);
         sbest = g_fix * K + h_min;
     }
 
-    if (lane == tb) {
+    if (t == tb) {
         // one step back from 63, then two steps per back-pointer j2; a free pass is read at position 32 only
         // (g_fix of the second pass): trace back that far
         int s            = sbest;
@@ -498,7 +553,7 @@ static __device__ __forceinline__ void tq_vit_pass(tq_vit_smem<tq_cuda_fmt<type>
             ws.st[i - 2] = (uint16_t) s;
         }
     }
-    __syncwarp();
+    tq_vit_sync<G>();
 }
 
 // preparation as in tq_trellis_quantize_block, by the first warp of a trellis block with warp reductions:
@@ -580,7 +635,8 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
 }
 
 // blocks per SM the trellis encoder is compiled for (capped at the architecture's resident blocks per SM: 16 on
-// sm_75/86/87, 24 on sm_89, else 32)
+// sm_75/86/87, 24 on sm_89, else 32). G = 1 runs launches of under TQ_VIT_G2_MIN_PER_SM blocks per SM: 8 leaves
+// it all the registers it wants (no spill); G = 2 (prefill) as many as fit (2-bit: 40 registers at 24 blocks).
 #if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 750 || __CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870)
 #define TQ_VIT_MAX_BLOCKS_SM 16
 #elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ == 890
@@ -588,57 +644,66 @@ static __device__ __forceinline__ void tq_vit_prepare(tq_vit_smem<tq_cuda_fmt<ty
 #else
 #define TQ_VIT_MAX_BLOCKS_SM 32
 #endif
-static constexpr __host__ __device__ int tq_vit_min_blocks(const int k) {
-    const int want = k == 2 ? 24 : k == 3 ? 16 : 12;
+static constexpr __host__ __device__ int tq_vit_min_blocks(const int k, const int G) {
+    const int want = G == 1 ? 8 : (k == 2 ? 24 : k == 3 ? 16 : 12);
     return want < TQ_VIT_MAX_BLOCKS_SM ? want : TQ_VIT_MAX_BLOCKS_SM;
 }
 
-// trellis block ib = blockIdx.x * TQ_VIT_WARPS + warp, ib < n_blocks
-template <ggml_type type, class Loc>
-static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type>::b))
+// trellis block ib = blockIdx.x * G + threadIdx.x / (64 / G), ib < n_blocks; G: see the top of this section
+template <ggml_type type, class Loc, int G>
+static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type>::b, G))
 tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f, const int n_blocks) {
     using F             = tq_cuda_fmt<type>;
     constexpr int k     = F::b;
     constexpr int K     = 1 << k;
     constexpr int NS    = F::ntab;
+    constexpr int NT    = TQ_VIT_THREADS / G;  // threads per trellis block
     static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
+    static_assert(G == 1 || G == TQ_VIT_G2_BLOCKS, "two warps per trellis block, or one");
 
     // the table is read from the kernel argument (constant bank), not shared memory
-    __shared__ tq_vit_smem<k> ws_all[TQ_VIT_WARPS];
+    __shared__ tq_vit_smem<k> ws_all[G];
 
+    const int     t    = threadIdx.x % NT;
     const int     lane = threadIdx.x % 32;
-    const int     warp = threadIdx.x / 32;
-    const int64_t ib   = (int64_t) blockIdx.x * TQ_VIT_WARPS + warp;
-    if (ib >= n_blocks) {
-        return;  // (only warp barriers below)
+    const int64_t ib   = (int64_t) blockIdx.x * G + threadIdx.x / NT;
+    if (G > 1 && ib >= n_blocks) {
+        return;  // (G > 1: only warp barriers below)
     }
-    tq_vit_smem<k> & ws = ws_all[warp];
+    tq_vit_smem<k> & ws = ws_all[threadIdx.x / NT];
 
-    float t_pred[2][K];  // table values of the predecessor states (lane + 32 a)*K + h of the lane's groups
+    float t_pred[G][K];  // table values of the predecessor states (t + NT a)*K + h of the thread's groups
 #pragma unroll
-    for (int a = 0; a < 2; ++a) {
+    for (int a = 0; a < G; ++a) {
 #pragma unroll
         for (int h = 0; h < K; ++h) {
-            t_pred[a][h] = tab.v[(lane + 32 * a) * K + h];
+            t_pred[a][h] = tab.v[(t + NT * a) * K + h];
         }
     }
-    const char * xrow  = loc.src_row(ib);
-    ws.xv[lane]        = *(const float *) (xrow + lane * loc.nb00);
-    ws.xv[lane + 32]   = *(const float *) (xrow + (lane + 32) * loc.nb00);
-    __syncwarp();
+    const char * xrow = loc.src_row(ib);
+#pragma unroll
+    for (int a = 0; a < G; ++a) {
+        ws.xv[t + NT * a] = *(const float *) (xrow + (t + NT * a) * loc.nb00);
+    }
+    tq_vit_sync<G>();
 
     uint8_t * blk = loc.dst_blk(ib);
-    tq_vit_prepare<type>(ws, blk, tmax_f, lane);
-    __syncwarp();
+    if (t < 32) {
+        tq_vit_prepare<type>(ws, blk, tmax_f, lane);
+    }
+    tq_vit_sync<G>();
     if (ws.zero) {
         return;
     }
     const uint64_t w0 = ws.w0;
 
     // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
-    tq_vit_pass<type, (F::n_out > 0)>(ws, tab, t_pred, w0, QK_TQ / 2, -1, lane);
+    tq_vit_pass<type, G, (F::n_out > 0)>(ws, tab, t_pred, w0, QK_TQ / 2, -1, t);
     const int g_fix = ws.st[QK_TQ / 2] & 63;
-    tq_vit_pass<type, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, g_fix, lane);
+    tq_vit_pass<type, G, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, g_fix, t);
+    if (t >= 32) {
+        return;
+    }
     const bool in0 = !((w0 >> lane) & 1);
     const bool in1 = !((w0 >> (lane + 32)) & 1);
     const double x0 = tq_cuda_sanitize(ws.xv[lane]);
