@@ -20,7 +20,7 @@
 #   TQ_ARCHS       CMAKE_CUDA_ARCHITECTURES (default 90)
 #   TQ_FA_QUANTS   GGML_CUDA_FA_QUANTS (default: upstream's default set)
 #   TQ_FA_PAIRS    LLAMA_TQ_CUDA_FA_PAIRS: K/V pairs with our decode kernel (default: its default set)
-#   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT")
+#   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS")
 #   TQ_TEST_FILTER test-backend-ops -p pattern (e.g. "ktq|vtq": only the llama-tq cases; default: all cases)
 #   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY, FLASH_ATTN_EXT) on the llama-tq cases
 #                  of TQ_OPS, each run cut at TQ_SANITIZE_TIMEOUT seconds (default 300; rc 124 = cut)
@@ -51,7 +51,7 @@ OUT=${OUT:-$ROOT/gpu-check-out}
 TQ_TAR=${TQ_TAR:-$ROOT/.carry/cuda-src.tar.gz}
 TQ_BUILD=${TQ_BUILD:-/tmp/build}
 TQ_ARCHS=${TQ_ARCHS:-90}
-TQ_OPS=${TQ_OPS:-"SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT"}
+TQ_OPS=${TQ_OPS:-"SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS"}
 TQ_BENCH_DEPTHS=${TQ_BENCH_DEPTHS:-0,8192}
 TQ_BENCH_PAIRS=${TQ_BENCH_PAIRS:-"f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3"}
 TQ_BENCH_REPS=${TQ_BENCH_REPS:-3}

@@ -102,6 +102,7 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     const std::vector<float> x = make_blocks(n_blocks, seed + (uint64_t) tq, lv, n_lv);
     std::vector<uint8_t>     gpu((size_t) n_blocks * bs, 0xA5);
     std::vector<uint8_t>     gpu2((size_t) n_blocks * bs, 0xA5);
+    std::vector<uint8_t>     gpu3((size_t) n_blocks * bs, 0xA5);  // trellis: V part of the fused K + V kernel
     std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
     tq_quantize_row_ref(tq, x.data(), cpu.data(), (int64_t) n_blocks * QK_TQ);
 
@@ -130,30 +131,59 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
             emu_run_block(64, [&]() { tq_k_encode_codebook<type, emu_loc>(loc, P); });
         }
     }
-
-    type_result r;
-    const int   n_out = F::trellis ? 2 : 1;  // outputs compared: the trellis encoder's two forms
-    for (int io = 0; io < n_out * n_blocks; ++io) {
-        const int       ib = io % n_blocks;
-        const uint8_t * g  = &(io < n_blocks ? gpu : gpu2)[(size_t) ib * bs];
-        const uint8_t * c  = &cpu[(size_t) ib * bs];
-        if (memcmp(g, c, bs) == 0) {
-            continue;
-        }
-        ++r.differing;
-        const float * xb  = &x[(size_t) ib * QK_TQ];
-        const double  eg  = block_err(tq, g, xb);
-        const double  ec  = block_err(tq, c, xb);
-        const double  rel = std::fabs(eg - ec) / std::max(ec, 1e-30);
-        r.worst           = std::max(r.worst, rel);
-        const bool ok     = std::isfinite(eg) && rel <= 1e-5;
-        r.failed += ok ? 0 : 1;
-        if (!ok || verbose) {
-            printf("  %s block %d (kind %d, form %d): %s, squared error GPU %.9g CPU %.9g\n", tq_type_name(tq), ib,
-                   ib % 12, io / n_blocks + 1, ok ? "differs (equal error)" : "DIFFERS", eg, ec);
+    // the fused K + V kernel of a decode step (tq_cuda_try_fuse), V = this type, K = ktq2 of the same values:
+    // thread blocks [0, n_blocks) encode V into gpu3, [n_blocks, 2 n_blocks) K into gpu_k
+    constexpr ggml_type  type_k = GGML_TYPE_KTQ2;
+    const int            tq_k   = TQ_GGML_TO_TQ(type_k);
+    const size_t         bs_k   = tq_type_size(tq_k);
+    std::vector<uint8_t> gpu_k((size_t) n_blocks * bs_k, 0xA5);
+    std::vector<uint8_t> cpu_k((size_t) n_blocks * bs_k, 0x5A);
+    if constexpr (F::trellis) {
+        tq_quantize_row_ref(tq_k, x.data(), cpu_k.data(), (int64_t) n_blocks * QK_TQ);
+        const emu_loc           loc_k{ x.data(), gpu_k.data(), bs_k };
+        const emu_loc           loc3{ x.data(), gpu3.data(), bs };
+        const tq_cuda_cb_params P_k = tq_cuda_host_cb_params<type_k>();
+        for (int tb = 0; tb < 2 * n_blocks; ++tb) {
+            blockIdx = emu_dim3{ (unsigned) tb, 0, 0 };
+            emu_run_block(TQ_VIT_THREADS, [&]() {
+                tq_k_encode_kv<type_k, type, emu_loc>(loc_k, P_k, loc3, tab, tmax, n_blocks);
+            });
         }
     }
-    const bool too_many = r.differing > max_diff * n_out * n_blocks;
+
+    type_result r;
+    int         n_cmp = 0;  // blocks compared
+    // form: 1 the separate kernel (trellis: G = 1), 2 the trellis G = 2 form, 3 the fused kernel's V, 4 its K
+    auto check = [&](const int tq_t, const size_t bs_t, const std::vector<uint8_t> & out,
+                     const std::vector<uint8_t> & ref, const int form) {
+        for (int ib = 0; ib < n_blocks; ++ib) {
+            ++n_cmp;
+            const uint8_t * g = &out[(size_t) ib * bs_t];
+            const uint8_t * c = &ref[(size_t) ib * bs_t];
+            if (memcmp(g, c, bs_t) == 0) {
+                continue;
+            }
+            ++r.differing;
+            const float * xb  = &x[(size_t) ib * QK_TQ];
+            const double  eg  = block_err(tq_t, g, xb);
+            const double  ec  = block_err(tq_t, c, xb);
+            const double  rel = std::fabs(eg - ec) / std::max(ec, 1e-30);
+            r.worst           = std::max(r.worst, rel);
+            const bool ok     = std::isfinite(eg) && rel <= 1e-5;
+            r.failed += ok ? 0 : 1;
+            if (!ok || verbose) {
+                printf("  %s block %d (kind %d, form %d): %s, squared error GPU %.9g CPU %.9g\n", tq_type_name(tq_t),
+                       ib, ib % 12, form, ok ? "differs (equal error)" : "DIFFERS", eg, ec);
+            }
+        }
+    };
+    check(tq, bs, gpu, cpu, 1);
+    if constexpr (F::trellis) {
+        check(tq, bs, gpu2, cpu, 2);
+        check(tq, bs, gpu3, cpu, 3);
+        check(tq_k, bs_k, gpu_k, cpu_k, 4);
+    }
+    const bool too_many = r.differing > max_diff * n_cmp;
     if (too_many) {
         ++r.failed;
     }

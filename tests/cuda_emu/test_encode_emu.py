@@ -71,6 +71,11 @@ MUTATIONS = [
         "p_hbp = &ws.hb[(i + 1) % TQ_VIT_HB_RING]",
     ),
     Mutation(
+        "fused-kv-v-scale",
+        "tq_encode_trellis_blocks<type_v, Loc, 1>(loc_v, tab, tmax_v, n_v, blockIdx.x);",
+        "tq_encode_trellis_blocks<type_v, Loc, 1>(loc_v, tab, 2.0f * tmax_v, n_v, blockIdx.x);",
+    ),
+    Mutation(
         "j2-neighbour-half",
         "((hv >> (8 * (g1 >> 5))) & 0xFF) << k",
         "(hv & 0xFF) << k",

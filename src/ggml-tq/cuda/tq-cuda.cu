@@ -328,7 +328,8 @@ static void tq_encode_cuda_type(const ggml_type type, const Loc & loc, const int
     }
 }
 
-void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+// the locator of a SET_ROWS into a llama-tq type (src0 F32, indices I32 or I64) and its number of blocks
+static tq_cuda_loc_set_rows tq_cuda_set_rows_loc(const ggml_tensor * dst, int64_t * nblocks) {
     const ggml_tensor * src0 = dst->src[0];
     const ggml_tensor * src1 = dst->src[1];
 
@@ -359,8 +360,89 @@ void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     loc.bs    = (int) ggml_type_size(dst->type);
     loc.idx64 = src1->type == GGML_TYPE_I64;
 
-    const int64_t nblocks = loc.nblk * src0->ne[1] * src0->ne[2] * src0->ne[3];
+    *nblocks = loc.nblk * src0->ne[1] * src0->ne[2] * src0->ne[3];
+    return loc;
+}
+
+void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+    int64_t                    nblocks;
+    const tq_cuda_loc_set_rows loc = tq_cuda_set_rows_loc(dst, &nblocks);
     tq_encode_cuda_type(dst->type, loc, nblocks, ctx.stream());
+}
+
+// ---- K and V cache writes of a decode step in one launch ------------------------------------------------
+
+template <ggml_type type_k, ggml_type type_v>
+static void tq_encode_kv_cuda(const tq_cuda_loc_set_rows & loc_k, const int64_t n_k, const tq_cuda_loc_set_rows & loc_v,
+                              const int64_t n_v, cudaStream_t stream) {
+    const tq_cuda_tab<type_v> tab = tq_cuda_host_tab<type_v>();
+    tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows><<<(unsigned) (n_v + n_k), TQ_VIT_THREADS, 0, stream>>>(
+        loc_k, tq_cuda_host_cb_params<type_k>(), loc_v, tab, tq_cuda_tab_max(tab), (int) n_v);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// K: ktq2/3/4, V: the trellis types (vtq*_2, vtq*_3); false for other pairs
+static bool tq_encode_kv_cuda_pair(const ggml_type type_k, const ggml_type type_v, const tq_cuda_loc_set_rows & loc_k,
+                                   const int64_t n_k, const tq_cuda_loc_set_rows & loc_v, const int64_t n_v,
+                                   cudaStream_t stream) {
+#define TQ_KV_V(TK, TV, tv)                                                                       \
+    case GGML_TYPE_##TV:                                                                          \
+        tq_encode_kv_cuda<GGML_TYPE_##TK, GGML_TYPE_##TV>(loc_k, n_k, loc_v, n_v, stream); \
+        return true;
+#define TQ_KV_K(TK, tk)                                                   \
+    case GGML_TYPE_##TK:                                                  \
+        switch (type_v) {                                                 \
+            TQ_KV_V(TK, VTQ2_2, vtq2_2) TQ_KV_V(TK, VTQ3_2, vtq3_2)       \
+            TQ_KV_V(TK, VTQ4_2, vtq4_2) TQ_KV_V(TK, VTQ2_3, vtq2_3)       \
+            TQ_KV_V(TK, VTQ3_3, vtq3_3) TQ_KV_V(TK, VTQ4_3, vtq4_3)       \
+            default:                                                      \
+                return false;                                             \
+        }
+    switch (type_k) {
+        TQ_GGML_FOR_EACH_K(TQ_KV_K)
+        default:
+            return false;
+    }
+#undef TQ_KV_K
+#undef TQ_KV_V
+}
+
+int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    static const bool disabled = getenv("LLAMA_TQ_CUDA_NO_KV_FUSION") != nullptr;
+    if (disabled || i + 2 >= cgraph->n_nodes) {
+        return 0;
+    }
+    const ggml_tensor * k    = cgraph->nodes[i];
+    const ggml_tensor * view = cgraph->nodes[i + 1];
+    const ggml_tensor * v    = cgraph->nodes[i + 2];
+    // llama_kv_cache::cpy_k, then cpy_v (FA: V not transposed): SET_ROWS(K), VIEW(v_cur), SET_ROWS(V)
+    if (k->op != GGML_OP_SET_ROWS || view->op != GGML_OP_VIEW || v->op != GGML_OP_SET_ROWS ||
+        (v->flags & GGML_TENSOR_FLAG_COMPUTE) == 0 || v->src[0] != view) {
+        return 0;
+    }
+    // independent writes: V's inputs are not K's output, into other tensors
+    const ggml_tensor * v_in = view->view_src ? view->view_src : view->src[0];
+    if (v_in == k || v->src[1] == k || v->view_src == k || (k->view_src && k->view_src == v->view_src) ||
+        k->data == v->data) {
+        return 0;
+    }
+    // not while upstream's concurrent streams (GGML_CUDA_GRAPH_OPT) are in use: K and V may be on different streams
+    if (!ctx.stream_context().concurrent_events.empty()) {
+        return 0;
+    }
+    if (!TQ_GGML_IS_TQ(k->type) || !TQ_GGML_IS_TQ(v->type) || k->src[0]->type != GGML_TYPE_F32 ||
+        v->src[0]->type != GGML_TYPE_F32 || k->src[0]->ne[0] % QK_TQ != 0 || v->src[0]->ne[0] % QK_TQ != 0) {
+        return 0;
+    }
+    int64_t                    n_k, n_v;
+    const tq_cuda_loc_set_rows loc_k = tq_cuda_set_rows_loc(k, &n_k);
+    const tq_cuda_loc_set_rows loc_v = tq_cuda_set_rows_loc(v, &n_v);
+    // only the few blocks of a decode step (the trellis encoder's G = 1 form)
+    const int nsm = ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+    if (n_k <= 0 || n_v <= 0 || n_v >= (int64_t) TQ_VIT_G2_MIN_PER_SM * nsm || n_k + n_v > INT32_MAX) {
+        return 0;
+    }
+    return tq_encode_kv_cuda_pair(k->type, v->type, loc_k, n_k, loc_v, n_v, ctx.stream()) ? 2 : 0;
 }
 
 // type -> F32, one thread per element (any strides on both sides)

@@ -6,6 +6,7 @@
 //   set-rows.cu     ggml_cuda_op_set_rows                    -> tq_cuda_set_rows   (the KV-cache write)
 //   cpy.cu          ggml_cuda_cpy                            -> tq_cuda_cpy        (F32 <-> type)
 //   ggml-cuda.cu    supports_op                              -> tq_cuda_supports_op
+//                   graph evaluation, before upstream's fusions  -> tq_cuda_try_fuse   (K + V writes, one launch)
 //   fattn.cu        ggml_cuda_fattn_kv_type_supported        (all types allowed: prefill and pairs
 //                                                              without a decode kernel convert K/V to f16)
 //                   tq_cuda_fattn_applies / tq_cuda_fattn    -> decode of compiled pairs (tq-fattn.cuh)
@@ -34,6 +35,11 @@ void tq_cuda_get_rows(const void * src0_d, ggml_type src0_type, const int32_t * 
 
 // SET_ROWS into a llama-tq type (src0 F32, indices I32 or I64)
 void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
+
+// If nodes i .. i + 2 of cgraph are a decode step's K and V cache writes (SET_ROWS into ktq*, VIEW, SET_ROWS into
+// a trellis vtq*), encodes both in one launch and returns 2 (the nodes to skip); else 0. LLAMA_TQ_CUDA_NO_KV_FUSION
+// (set to anything) turns it off.
+int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
 
 // CPY F32 -> type, type -> F32 (other pairs: GGML_ABORT)
 void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml_tensor * src1);

@@ -115,9 +115,10 @@ static __device__ __forceinline__ void tq_cuda_pack_codes(const uint8_t * s_code
 // holds samples l and l + 32: the same iterations as the CPU reference, with the sums over the block taken
 // by warp reductions (so a different summation order: the stored scale can differ from the CPU's in its last
 // bit where two candidates are within rounding of each other).
+// block ib of a 64-thread thread block (the body of tq_k_encode_codebook and of the K part of tq_k_encode_kv)
 template <ggml_type type, class Loc>
-static __global__ void __launch_bounds__(64)
-tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
+static __device__ __forceinline__ void tq_encode_codebook_block(const Loc & loc, const tq_cuda_cb_params & P,
+                                                                const int64_t ib) {
     using F        = tq_cuda_fmt<type>;
     constexpr int b = F::b;
     constexpr int n = 1 << b;
@@ -135,10 +136,9 @@ tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
     }
     __syncthreads();
 
-    const int     si   = threadIdx.x / 32;  // the starting scale this warp tries
-    const int     lane = threadIdx.x % 32;
-    const int64_t ib   = blockIdx.x;
-    const double  lmax = P.lmax;
+    const int    si   = threadIdx.x / 32;  // the starting scale this warp tries
+    const int    lane = threadIdx.x % 32;
+    const double lmax = P.lmax;
 
     const char * xrow = loc.src_row(ib);
     const double x0   = tq_cuda_sanitize(*(const float *) (xrow + lane * loc.nb00));
@@ -250,6 +250,11 @@ tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
         blk[1] = (uint8_t) (best_d16 >> 8);
     }
     tq_cuda_pack_codes<b>(codes, blk + F::qs_off, lane);
+}
+
+template <ggml_type type, class Loc>
+static __global__ void __launch_bounds__(64) tq_k_encode_codebook(const Loc loc, const tq_cuda_cb_params P) {
+    tq_encode_codebook_block<type, Loc>(loc, P, blockIdx.x);
 }
 
 // ---- trellis encoder (vtqb_2, vtqb_3): tq_trellis_quantize_block + two-pass tail-biting Viterbi.
@@ -649,10 +654,12 @@ static constexpr __host__ __device__ int tq_vit_min_blocks(const int k, const in
     return want < TQ_VIT_MAX_BLOCKS_SM ? want : TQ_VIT_MAX_BLOCKS_SM;
 }
 
-// trellis block ib = blockIdx.x * G + threadIdx.x / (64 / G), ib < n_blocks; G: see the top of this section
+// thread block tblk of 64 threads: trellis block ib = tblk * G + threadIdx.x / (64 / G), ib < n_blocks; G: see the
+// top of this section (the body of tq_k_encode_trellis and of the V part of tq_k_encode_kv)
 template <ggml_type type, class Loc, int G>
-static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type>::b, G))
-tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f, const int n_blocks) {
+static __device__ __forceinline__ void tq_encode_trellis_blocks(const Loc & loc, const tq_cuda_tab<type> & tab,
+                                                                const float tmax_f, const int n_blocks,
+                                                                const int64_t tblk) {
     using F             = tq_cuda_fmt<type>;
     constexpr int k     = F::b;
     constexpr int K     = 1 << k;
@@ -666,7 +673,7 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
 
     const int     t    = threadIdx.x % NT;
     const int     lane = threadIdx.x % 32;
-    const int64_t ib   = (int64_t) blockIdx.x * G + threadIdx.x / NT;
+    const int64_t ib   = tblk * G + threadIdx.x / NT;
     if (G > 1 && ib >= n_blocks) {
         return;  // (G > 1: only warp barriers below)
     }
@@ -743,5 +750,26 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
     if (lane == 0) {
         blk[0] = (uint8_t) (d16 & 0xFF);
         blk[1] = (uint8_t) (d16 >> 8);
+    }
+}
+
+template <ggml_type type, class Loc, int G>
+static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type>::b, G))
+tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax_f, const int n_blocks) {
+    tq_encode_trellis_blocks<type, Loc, G>(loc, tab, tmax_f, n_blocks, blockIdx.x);
+}
+
+// ---- a decode step's K and V cache writes in one launch (tq_cuda_try_fuse): thread blocks [0, n_v) encode the
+// V blocks (trellis, the G = 1 form: two warps per block), [n_v, n_v + n_k) the K blocks (codebook), side by side
+// instead of one launch after the other. The same block functions as the separate kernels, so the same bytes.
+template <ggml_type type_k, ggml_type type_v, class Loc>
+static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type_v>::b, 1))
+tq_k_encode_kv(const Loc loc_k, const tq_cuda_cb_params P, const Loc loc_v, const tq_cuda_tab<type_v> tab,
+               const float tmax_v, const int n_v) {
+    static_assert(!tq_cuda_fmt<type_k>::trellis && tq_cuda_fmt<type_v>::trellis, "K: codebook, V: trellis");
+    if ((int) blockIdx.x < n_v) {
+        tq_encode_trellis_blocks<type_v, Loc, 1>(loc_v, tab, tmax_v, n_v, blockIdx.x);
+    } else {
+        tq_encode_codebook_block<type_k, Loc>(loc_k, P, (int64_t) blockIdx.x - n_v);
     }
 }
