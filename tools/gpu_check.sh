@@ -162,8 +162,9 @@ if [ "${TQ_SANITIZE:-0}" = 1 ]; then
             say "  memcheck $op (llama-tq cases): rc $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize.log" | tail -1)"
         done
         # the encoders share memory within a warp (trellis Viterbi) and the decode kernel stages tiles in
-        # shared memory: racecheck the ops that run them
-        for op in SET_ROWS CPY FLASH_ATTN_EXT; do
+        # shared memory: racecheck the ops that run them (TQ_KV_SET_ROWS: the fused K + V kernel and, at its
+        # prefill size, the one-warp trellis form)
+        for op in SET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS; do
             case " $TQ_OPS " in *" $op "*) ;; *) continue ;; esac
             stamp "racecheck $op"
             timeout "${TQ_SANITIZE_TIMEOUT:-300}" "$CS" --tool racecheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1

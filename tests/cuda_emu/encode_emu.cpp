@@ -182,6 +182,18 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
         check(tq, bs, gpu2, cpu, 2);
         check(tq, bs, gpu3, cpu, 3);
         check(tq_k, bs_k, gpu_k, cpu_k, 4);
+        // the three trellis forms run the same arithmetic in the same order: byte for byte the same blocks, even
+        // where they would differ from the CPU's
+        for (int ib = 0; ib < n_blocks; ++ib) {
+            const uint8_t * g1 = &gpu[(size_t) ib * bs];
+            for (const std::vector<uint8_t> * other : { &gpu2, &gpu3 }) {
+                if (memcmp(g1, &(*other)[(size_t) ib * bs], bs) != 0) {
+                    ++r.failed;
+                    printf("  %s block %d: the trellis forms disagree (form %d)\n", tq_type_name(tq), ib,
+                           other == &gpu2 ? 2 : 3);
+                }
+            }
+        }
     }
     const bool too_many = r.differing > max_diff * n_cmp;
     if (too_many) {

@@ -1,6 +1,8 @@
 """The CUDA encoders (src/ggml-tq/cuda/tq-encode-impl.cuh) on a CPU, byte for byte against the CPU reference.
 
-encode_emu.cpp runs the real kernels, tq_k_encode_codebook and tq_k_encode_trellis, through the CUDA emulation
+encode_emu.cpp runs the real kernels, tq_k_encode_codebook, tq_k_encode_trellis in both its forms (G = 1: two
+warps per trellis block; G = 2: one warp, two blocks per thread block, an odd block count leaving the last one
+half-empty) and the fused K + V kernel of a decode step (tq_k_encode_kv, ktq2 as K), through the CUDA emulation
 of this folder (64 lanes as coroutines, __syncthreads / __syncwarp / shuffles / __any_sync as real barriers)
 block by block for every llama-tq type, and compares each encoded block with tq_quantize_row_ref of the CPU
 reference (src/ggml-tq, built by tests/formats/conftest.py's build_library). The blocks cover plain, heavy-tailed
@@ -10,11 +12,14 @@ at scales 1e-4 to 1e4.
 
 A block may differ only where the GPU's warp-reduced sums (another order than the CPU's loop) tip a choice
 between two candidates within rounding; it then passes if its squared reconstruction error equals the CPU
-encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. So far none differs.
+encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. So far none differs. The trellis
+forms must agree with each other byte for byte.
 
 Mutated encoders (ties in the Viterbi minimum going to the higher state, the two-step trace-back reading the
-wrong half of its pointer, the barrier of a Viterbi step removed, a value on a decision threshold taking the
-upper level, the fit's error sums left per lane) must fail.
+wrong half of its pointer, the barrier of a Viterbi step removed in both forms or only in the one-warp form,
+weight-0 samples not skipped, a back-pointer read from the wrong ring row or the wrong lane half, the fused
+kernel's V arguments, a value on a decision threshold taking the upper level, the fit's error sums left per lane)
+must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the locators and launches of
 tq-cuda.cu (SET_ROWS/CPY strides; test-backend-ops covers those on a GPU), nvcc's arithmetic (the emulation
@@ -69,6 +74,11 @@ MUTATIONS = [
         "hb-ring-row",
         "p_hbp = &ws.hb[(i - 1) % TQ_VIT_HB_RING]",
         "p_hbp = &ws.hb[(i + 1) % TQ_VIT_HB_RING]",
+    ),
+    Mutation(
+        "viterbi-step-barrier-g2",
+        "        tq_vit_sync<G>();\n    };\n",
+        "        if constexpr (G == 1) {\n            tq_vit_sync<G>();\n        }\n    };\n",
     ),
     Mutation(
         "fused-kv-v-scale",

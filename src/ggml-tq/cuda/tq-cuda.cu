@@ -408,7 +408,7 @@ static bool tq_encode_kv_cuda_pair(const ggml_type type_k, const ggml_type type_
 }
 
 int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
-    static const bool disabled = getenv("LLAMA_TQ_CUDA_NO_KV_FUSION") != nullptr;
+    static const bool disabled = getenv("LLAMA_TQ_CUDA_NO_KV_FUSION") != nullptr && atoi(getenv("LLAMA_TQ_CUDA_NO_KV_FUSION"));
     if (disabled || i + 2 >= cgraph->n_nodes) {
         return 0;
     }
@@ -420,10 +420,11 @@ int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph
         (v->flags & GGML_TENSOR_FLAG_COMPUTE) == 0 || v->src[0] != view) {
         return 0;
     }
-    // independent writes: V's inputs are not K's output, into other tensors
-    const ggml_tensor * v_in = view->view_src ? view->view_src : view->src[0];
-    if (v_in == k || v->src[1] == k || v->view_src == k || (k->view_src && k->view_src == v->view_src) ||
-        k->data == v->data) {
+    // independent writes: V's values, indices and destination (src[2]) are not K's output nor views of what K
+    // writes, and K and V write other tensors (in llama these are different caches and graph inputs)
+    const ggml_tensor * k_root = k->view_src ? k->view_src : k->src[2];
+    if (view->src[0] == k || v->src[1] == k || v->src[2] == k || view->view_src == k_root || v->src[2] == k_root ||
+        (v->view_src && v->view_src == k_root) || k->data == v->data) {
         return 0;
     }
     // not while upstream's concurrent streams (GGML_CUDA_GRAPH_OPT) are in use: K and V may be on different streams

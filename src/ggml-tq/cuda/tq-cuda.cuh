@@ -37,8 +37,8 @@ void tq_cuda_get_rows(const void * src0_d, ggml_type src0_type, const int32_t * 
 void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
 
 // If nodes i .. i + 2 of cgraph are a decode step's K and V cache writes (SET_ROWS into ktq*, VIEW, SET_ROWS into
-// a trellis vtq*), encodes both in one launch and returns 2 (the nodes to skip); else 0. LLAMA_TQ_CUDA_NO_KV_FUSION
-// (set to anything) turns it off.
+// a trellis vtq*), encodes both in one launch and returns 2 (the nodes to skip); else 0.
+// LLAMA_TQ_CUDA_NO_KV_FUSION=1 (or GGML_CUDA_DISABLE_FUSION=1) turns it off.
 int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
 
 // CPY F32 -> type, type -> F32 (other pairs: GGML_ABORT)
