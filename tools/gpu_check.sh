@@ -22,13 +22,15 @@
 #   TQ_FA_PAIRS    LLAMA_TQ_CUDA_FA_PAIRS: K/V pairs with our decode kernel (default: its default set)
 #   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS")
 #   TQ_TEST_FILTER test-backend-ops -p pattern (e.g. "ktq|vtq": only the llama-tq cases; default: all cases)
-#   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY, FLASH_ATTN_EXT) on the llama-tq cases
+#   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY, FLASH_ATTN_EXT, TQ_KV_SET_ROWS) on the llama-tq cases
 #                  of TQ_OPS, each run cut at TQ_SANITIZE_TIMEOUT seconds (default 300; rc 124 = cut)
 #   TQ_BENCH=1     llama-bench -fa 1 -p 512 -n 64 over TQ_BENCH_DEPTHS for TQ_BENCH_PAIRS
 #   TQ_BENCH_DEPTHS (default 0,8192)   TQ_BENCH_PAIRS (default "f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3")
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
 #                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
+#   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
+#                  two launches instead of one; label <shape>+no-kv-fusion)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
 #                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records of all shapes go to $OUT/kv_speed (benchmarks/kv_speed.py)
 #   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
@@ -199,13 +201,17 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
     for shape in ${TQ_BENCH_SHAPES:-hd64}; do
         make_model "$shape" || continue
         for gopt in ${TQ_BENCH_GRAPH_OPT:-0}; do
-            label=$shape
-            [ "$gopt" = 1 ] && label=$shape+graph-opt
-            stamp "bench $label"
-            GGML_CUDA_GRAPH_OPT=$gopt python3 "$ROOT/benchmarks/kv_speed.py" --bench "$BLD/bin/llama-bench" \
-                --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" \
-                --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
-            say "llama-bench $label rc $?"
+            for nofuse in ${TQ_BENCH_NO_KV_FUSION:-0}; do
+                label=$shape
+                [ "$gopt" = 1 ] && label=$label+graph-opt
+                [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
+                stamp "bench $label"
+                GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse python3 "$ROOT/benchmarks/kv_speed.py" \
+                    --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \
+                    --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" \
+                    --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
+                say "llama-bench $label rc $?"
+            done
         done
     done
     # one folder for every shape (the label tells them apart): the device tool returns at most 8 files
