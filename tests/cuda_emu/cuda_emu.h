@@ -95,25 +95,6 @@ static inline void __syncthreads() {
 }
 
 template <typename T>
-static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = WARP_SIZE) {
-    static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of more than 8 bytes");
-    if (mask != 0xffffffffu) {
-        emu_fatal("__shfl_xor_sync: only the full mask is emulated");
-    }
-    const int lane = (int) threadIdx.x % WARP_SIZE;
-    int       src  = lane ^ lane_mask;
-    if (src >= (lane / width + 1) * width) {
-        src = lane;
-    }
-    uint64_t bits = 0;
-    memcpy(&bits, &var, sizeof(T));
-    bits = emu_shfl(bits, src);
-    T res;
-    memcpy(&res, &bits, sizeof(T));
-    return res;
-}
-
-template <typename T>
 static inline T __shfl_sync(unsigned mask, T var, int src_lane) {
     static_assert(sizeof(T) <= sizeof(uint64_t), "shuffle of more than 8 bytes");
     if (mask != 0xffffffffu) {
@@ -125,6 +106,16 @@ static inline T __shfl_sync(unsigned mask, T var, int src_lane) {
     T res;
     memcpy(&res, &bits, sizeof(T));
     return res;
+}
+
+template <typename T>
+static inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = WARP_SIZE) {
+    const int lane = (int) threadIdx.x % WARP_SIZE;
+    int       src  = lane ^ lane_mask;
+    if (src >= (lane / width + 1) * width) {
+        src = lane;
+    }
+    return __shfl_sync(mask, var, src);
 }
 
 static inline bool __any_sync(unsigned mask, bool pred) {

@@ -279,6 +279,12 @@ struct tq_cuda_loc_cpy {
 };
 
 
+// a launch of n_blocks trellis blocks takes the one-warp form (G = 2, prefill) rather than the two-warp form
+// (G = 1: the shorter chain for a decode step's few blocks)
+static bool tq_vit_use_g2(const int64_t n_blocks) {
+    return n_blocks >= (int64_t) TQ_VIT_G2_MIN_PER_SM * ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+}
+
 template <ggml_type type, class Loc>
 static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t stream) {
     if (nblocks <= 0) {
@@ -299,13 +305,13 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
                                             cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
             carveout_set[id] = true;
         }
-        // a few blocks (decode): two warps per trellis block, the shorter chain; many (prefill): one warp each
-        if (nblocks >= (int64_t) TQ_VIT_G2_MIN_PER_SM * ggml_cuda_info().devices[id].nsm) {
+        if (tq_vit_use_g2(nblocks)) {
             const unsigned n_tb = (unsigned) ((nblocks + TQ_VIT_G2_BLOCKS - 1) / TQ_VIT_G2_BLOCKS);
             tq_k_encode_trellis<type, Loc, TQ_VIT_G2_BLOCKS>
                 <<<n_tb, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
         } else {
-            tq_k_encode_trellis<type, Loc, 1><<<(unsigned) nblocks, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
+            tq_k_encode_trellis<type, Loc, 1>
+                <<<(unsigned) nblocks, TQ_VIT_THREADS, 0, stream>>>(loc, tab, tmax, (int) nblocks);
         }
     } else {
         GGML_ASSERT(nblocks <= INT32_MAX);
@@ -408,7 +414,8 @@ static bool tq_encode_kv_cuda_pair(const ggml_type type_k, const ggml_type type_
 }
 
 int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
-    static const bool disabled = getenv("LLAMA_TQ_CUDA_NO_KV_FUSION") != nullptr && atoi(getenv("LLAMA_TQ_CUDA_NO_KV_FUSION"));
+    static const char * no_fusion = getenv("LLAMA_TQ_CUDA_NO_KV_FUSION");
+    static const bool   disabled  = no_fusion != nullptr && atoi(no_fusion) != 0;
     if (disabled || i + 2 >= cgraph->n_nodes) {
         return 0;
     }
@@ -439,8 +446,7 @@ int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph
     const tq_cuda_loc_set_rows loc_k = tq_cuda_set_rows_loc(k, &n_k);
     const tq_cuda_loc_set_rows loc_v = tq_cuda_set_rows_loc(v, &n_v);
     // only the few blocks of a decode step (the trellis encoder's G = 1 form)
-    const int nsm = ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
-    if (n_k <= 0 || n_v <= 0 || n_v >= (int64_t) TQ_VIT_G2_MIN_PER_SM * nsm || n_k + n_v > INT32_MAX) {
+    if (n_k <= 0 || n_v <= 0 || tq_vit_use_g2(n_v) || n_k + n_v > INT32_MAX) {
         return 0;
     }
     return tq_encode_kv_cuda_pair(k->type, v->type, loc_k, n_k, loc_v, n_v, ctx.stream()) ? 2 : 0;
