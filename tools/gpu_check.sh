@@ -29,6 +29,8 @@
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
 #                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
+#   TQ_BENCH_FA_MMA "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_FA_MMA (0: the decode kernel's vector form instead
+#                  of its tensor-core form; label +fa-vec)
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
 #                  two launches instead of one; label <shape>+no-kv-fusion)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
@@ -158,9 +160,12 @@ if [ "${TQ_SANITIZE:-0}" = 1 ]; then
         say "compute-sanitizer: not found"
     else
         : > "$OUT/sanitize.log"
+        # memcheck with CUDA graphs off: where consecutive cases change a graph's topology, ggml-cuda's
+        # cudaGraphExecUpdate fails by design and it re-instantiates the graph (ggml-cuda.cu), an API error that
+        # memcheck counts (TQ_KV_SET_ROWS: 2 of them, and 0 errors with graphs off); racecheck keeps graphs on
         for op in $TQ_OPS; do
             stamp "memcheck $op"
-            timeout "${TQ_SANITIZE_TIMEOUT:-300}" "$CS" --tool memcheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
+            GGML_CUDA_DISABLE_GRAPHS=1 timeout "${TQ_SANITIZE_TIMEOUT:-300}" "$CS" --tool memcheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
             say "  memcheck $op (llama-tq cases): rc $? $(grep -E 'ERROR SUMMARY' "$OUT/sanitize.log" | tail -1)"
         done
         # the encoders share memory within a warp (trellis Viterbi) and the decode kernel stages tiles in
@@ -202,15 +207,19 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
         make_model "$shape" || continue
         for gopt in ${TQ_BENCH_GRAPH_OPT:-0}; do
             for nofuse in ${TQ_BENCH_NO_KV_FUSION:-0}; do
+              for famma in ${TQ_BENCH_FA_MMA:-1}; do
                 label=$shape
                 [ "$gopt" = 1 ] && label=$label+graph-opt
                 [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
+                [ "$famma" = 0 ] && label=$label+fa-vec
                 stamp "bench $label"
-                GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse python3 "$ROOT/benchmarks/kv_speed.py" \
+                GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse LLAMA_TQ_CUDA_FA_MMA=$famma \
+                    python3 "$ROOT/benchmarks/kv_speed.py" \
                     --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \
                     --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" \
                     --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
                 say "llama-bench $label rc $?"
+              done
             done
         done
     done
@@ -238,7 +247,7 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
     say ""
     if ncu_setup; then
         CUOBJ=$(command -v cuobjdump)
-        [ -n "$CUOBJ" ] && "$CUOBJ" -res-usage "$BLD"/bin/libggml-cuda.so 2>/dev/null | grep -A1 -E "tq_k_fattn_vec|tq_k_encode" \
+        [ -n "$CUOBJ" ] && "$CUOBJ" -res-usage "$BLD"/bin/libggml-cuda.so 2>/dev/null | grep -A1 -E "tq_k_fattn|tq_k_encode" \
             | grep -E "Function|REG" | paste - - | sed -E 's/.*Function ([^ :]+).*REG:([0-9]+).*STACK:([0-9]+).*SHARED:([0-9]+).*/  res \1 REG \2 STACK \3 SHARED \4/' \
             | head -12 | tee -a "$SUMMARY"
         for depth in ${TQ_PROFILE_DEPTHS:-0 32768}; do

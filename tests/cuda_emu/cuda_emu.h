@@ -13,7 +13,8 @@
 //     width below 32 (a lane of a later group gives the caller its own value);
 //   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
 //   - __any_sync() as a vote through the same buffer;
-//   - __half, float2 and the few intrinsics the kernels call (__expf is expf, __funnelshift_r, __float2half_rn
+//   - the tensor-core mma of the decode kernel's second form: its own shuffle-based path (TQ_CUDA_EMU);
+//   - __half, float2, uint2 and the few intrinsics the kernels call (__expf is expf, __funnelshift_r, __float2half_rn
 //     rounds to nearest even, __fmul_rn / __fadd_rn are plain float operations: the build does not contract).
 // Lanes switch only at barriers, in an order the caller picks (forward, backward, or shuffled in every
 // round): a missing barrier shows up as a lane reading shared memory that another lane has not written yet,
@@ -51,6 +52,7 @@
 #define __launch_bounds__(...)
 
 #define WARP_SIZE       32
+#define TQ_CUDA_EMU     1  // the kernels' own emulated paths (tq_fa_mma, tq_fa_h2)
 #define EMU_MAX_THREADS 256
 
 struct emu_dim3 {
@@ -221,6 +223,10 @@ struct alignas(8) float2 {
 static inline float2 make_float2(const float x, const float y) {
     return float2{ x, y };
 }
+
+struct alignas(8) uint2 {
+    uint32_t x, y;
+};
 
 struct alignas(16) float4 {
     float x, y, z, w;

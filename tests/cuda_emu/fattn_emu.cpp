@@ -16,7 +16,7 @@
 // softmax error gives 1e-2 and more). Outputs start as NaN, so an output the kernel does not write fails.
 //
 // usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] [--case N]
-//                  [--tol X] [--verbose]
+//                  [--tol X] [--mma] [--verbose]
 // prints a FAIL line per failing case and a summary line; exit status 0 if every case passed, 1 if not
 // (2: an emulation error such as a barrier deadlock).
 #include "fattn_emu.h"
@@ -111,6 +111,9 @@ struct fa_pair {
     ggml_type type_k;
     ggml_type type_v;
 };
+
+// --mma: the tensor-core form tq_k_fattn_mma where tq_cuda_fattn takes it (V without outlier slots)
+static bool g_mma = false;
 
 static int tq_of(const ggml_type t) {
     return TQ_GGML_TO_TQ(t);
@@ -339,9 +342,12 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
     p.nb31 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) : 0;
     p.nb33 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) * c.n_tok : 0;
 
+    p.mma = g_mma && tq_of(c.type_v) < TQ_TYPE_VTQ2_3 ? 1 : 0;  // as tq_fattn_use_mma
+
+    const int per_sm     = p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM;
     const int step       = TQ_FA_STEP;
     const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
-    const int want_split = std::max(1, (3 * c.n_sm + base - 1) / base);
+    const int want_split = std::max(1, (per_sm * c.n_sm + base - 1) / base);
     const int n_steps    = (p.n_kv + step - 1) / step;
     p.kv_per_split       = std::max(2, (n_steps + want_split - 1) / want_split) * step;
     p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);
@@ -517,7 +523,7 @@ static void on_exit_in_case() {  // an emulation error (emu_fatal) exits with st
 
 static void usage() {
     fprintf(stderr, "usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] "
-                    "[--case N] [--tol X] [--verbose]\n");
+                    "[--case N] [--tol X] [--mma] [--verbose]\n");
     exit(2);
 }
 
@@ -559,6 +565,8 @@ int main(int argc, char ** argv) {
             verbose = true;
         } else if (a == "--tol") {
             tol = atof(next());
+        } else if (a == "--mma") {
+            g_mma = true;
         } else if (a == "--verbose") {
             verbose = true;
         } else {
@@ -609,7 +617,7 @@ int main(int argc, char ** argv) {
     for (const int h : hits) {
         n_hit += h > 0 ? 1 : 0;
     }
-    printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d\n", order_name, n_run,
-           n_failed, worst, tol, n_hit, (int) instances.size());
+    printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d kernel=%s\n", order_name,
+           n_run, n_failed, worst, tol, n_hit, (int) instances.size(), g_mma ? "mma" : "vec");
     return n_failed == 0 ? 0 : 1;
 }

@@ -9,7 +9,8 @@
 #error "compile with -DEMU_HEAD_SIZE=64, 128 or 256"
 #endif
 
-// the grid of tq_fattn_launch, one block after another: (KV head x column group, sequence, KV split)
+// the grid of tq_fattn_launch, one block after another: (KV head x column group, sequence, KV split); p.mma picks
+// the tensor-core form for a V type without outlier slots, as tq_fattn_launch does
 template <int D, ggml_type type_k, ggml_type type_v, int NC>
 static void emu_fattn_launch(const tq_fattn_params & p) {
     const tq_cuda_tab<type_k> ktab = tq_cuda_host_tab<type_k>();
@@ -18,7 +19,15 @@ static void emu_fattn_launch(const tq_fattn_params & p) {
         for (int y = 0; y < p.n_seq; ++y) {
             for (int x = 0; x < p.n_kv_head * p.n_col_grp; ++x) {
                 blockIdx = emu_dim3{ (unsigned) x, (unsigned) y, (unsigned) z };
-                emu_run_block(TQ_FA_NTHREADS, [&]() { tq_k_fattn_vec<D, type_k, type_v, NC>(p, ktab, vtab); });
+                emu_run_block(TQ_FA_NTHREADS, [&]() {
+                    if constexpr (tq_cuda_fmt<type_v>::n_out == 0) {
+                        if (p.mma) {
+                            tq_k_fattn_mma<D, type_k, type_v, NC>(p, ktab, vtab);
+                            return;
+                        }
+                    }
+                    tq_k_fattn_vec<D, type_k, type_v, NC>(p, ktab, vtab);
+                });
             }
         }
     }

@@ -12,8 +12,11 @@ is not C++); the shims common.cuh and ggml.h stand for ggml-cuda's common.cuh an
 Covered: every K type with every V type (codebook, trellis, trellis + outliers) for every compiled head size
 and NC (216 instances), partial chunks, warps without rows, KV splits, several column groups and unused
 columns, GQA, two sequences, both Q layouts, masks (random, causal, window, fully masked rows), softcap,
-ALiBi, sinks; each in forward, backward and shuffled lane order. Mutated copies of the kernel (a barrier
-removed, the outlier slot order swapped, the 3-bit K code alignment dropped) must fail.
+ALiBi, sinks; each in forward, backward and shuffled lane order. The same cases again through the tensor-core
+form tq_k_fattn_mma (`--mma`: its mma.m16n8k16 emulated by shuffles; every V type without outlier slots; f16
+inputs, so a tolerance of 4e-3, MMA_TOL), in forward and backward order. Mutated copies of the kernel (a barrier
+removed in either form, the outlier slot order swapped, the 3-bit K code alignment dropped, the P fragment's row
+pairs swapped, the V block scale dropped) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers (a shuffle synchronizes the lanes
 here, so the __syncwarp at the end of a chunk, whose accesses a shuffle also separates, can be removed
@@ -108,7 +111,15 @@ class Mutation:
     new: str
     pairs: str  # the EMU_PAIRS list of the mutated build
     cases: int  # short cases of that build: 3 head sizes x 16 per pair
+    args: tuple[str, ...] = ()  # more fattn_emu arguments (the tensor-core form: MMA_ARGS)
 
+
+# the tensor-core form tq_k_fattn_mma (fattn_emu --mma; V types with outlier slots keep the vector form, as on the
+# GPU): Q, the K levels, the probabilities and the V values enter its mma as f16 (2^-11 relative rounding each),
+# so it is held to 4e-3 instead of 1e-4 (measured worst over all cases and lane orders: 1.6e-3); a wrong row,
+# column or dim mapping gives 1e-1 and more
+MMA_TOL = 4e-3
+MMA_ARGS = ("--mma", "--tol", str(MMA_TOL))
 
 MUTATIONS = [
     # the scores of a chunk are read back by other lanes (lane = row) without a barrier
@@ -134,6 +145,33 @@ MUTATIONS = [
         "        return w;\n",
         "X(KTQ3, VTQ3_1)",
         48,
+    ),
+    # tensor-core form: the probabilities are read back as other lanes' B fragments without a barrier
+    Mutation(
+        "mma-p-syncwarp",
+        "        __syncwarp();\n\n        // ---- O^T += V^T P: k-tile kt = rows 16 kt + 4 t + (0..3) ----\n",
+        "\n        // ---- O^T += V^T P: k-tile kt = rows 16 kt + 4 t + (0..3) ----\n",
+        "X(KTQ2, VTQ2_2)",
+        48,
+        MMA_ARGS,
+    ),
+    # tensor-core form: the two row pairs of a P fragment swapped
+    Mutation(
+        "mma-p-rows",
+        "            const uint32_t b[2] = { pw.x, pw.y };\n",
+        "            const uint32_t b[2] = { pw.y, pw.x };\n",
+        "X(KTQ3, VTQ3_2)",
+        48,
+        MMA_ARGS,
+    ),
+    # tensor-core form: rows of several V blocks (head size 128, 256) need each block's scale
+    Mutation(
+        "mma-v-scale",
+        "                        v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);\n",
+        "                        v[i][e] = tv;\n",
+        "X(KTQ4, VTQ2_1)",
+        48,
+        MMA_ARGS,
     ),
 ]
 
@@ -247,14 +285,16 @@ def test_mutation_anchors_exist() -> None:
 
 
 def test_kernel_matches_float64_reference(emulator: Path) -> None:
-    results = run_emulator(emulator, [["--order", order, "--seed", "7"] for order in ORDERS])
+    vec = [["--order", order, "--seed", "7"] for order in ORDERS]
+    mma = [["--order", order, "--seed", "7", *MMA_ARGS] for order in ("forward", "backward")]
+    results = run_emulator(emulator, vec + mma)
     for r in results:
         print(tail(r.output, 5))
         what = f"fattn_emu {' '.join(r.args)} (exit status {r.returncode}):\n{tail(r.output)}"
         assert r.returncode == 0, what
         assert r.cases == EXPECTED_CASES, what
         assert r.failed == 0, what
-        assert r.worst < 1e-4, what
+        assert r.worst < (MMA_TOL if "--mma" in r.args else 1e-4), what
         assert r.instances == (EXPECTED_INSTANCES, EXPECTED_INSTANCES), what
 
 
@@ -262,7 +302,7 @@ def test_kernel_matches_float64_reference(emulator: Path) -> None:
 def test_mutated_kernel_fails(mutation: Mutation, ref_lib: Path, tmp_path: Path) -> None:
     text = apply_mutation(KERNEL.read_text(), mutation)
     exe = build_emulator(tmp_path / "build", text, ref_lib, pairs=mutation.pairs)
-    results = run_emulator(exe, [["--order", order, "--no-long"] for order in ("forward", "backward")])
+    results = run_emulator(exe, [["--order", order, "--no-long", *mutation.args] for order in ("forward", "backward")])
     report = "\n".join(
         f"fattn_emu {' '.join(r.args)}: exit status {r.returncode}\n{tail(r.output, 8)}" for r in results
     )

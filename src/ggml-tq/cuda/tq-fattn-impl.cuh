@@ -8,6 +8,7 @@
 #include <type_traits>
 
 #define TQ_FA_NWARPS (TQ_FA_NTHREADS / WARP_SIZE)
+#define TQ_FA_F16_MAX 65504.0f
 
 // 64 stream bits of a block starting at byte `byte` (circular over the qs_bytes of the stream: the
 // trellis is tail-biting; for codebook types the wrapped bytes are never used). qs is 2-byte aligned.
@@ -140,6 +141,76 @@ static __device__ __forceinline__ int tq_fa_rs_col(const int lane) {
     return c;
 }
 
+// the V decode table, VREP copies of each entry side by side (call from all threads, then sync)
+template <ggml_type type_V>
+static __device__ __forceinline__ void tq_fa_fill_vtab(float * s_vtab, const tq_cuda_tab<type_V> & vtab) {
+    constexpr int VREP = tq_fa_vrep<type_V>();
+    for (int i = threadIdx.x; i < tq_cuda_fmt<type_V>::ntab * VREP; i += TQ_FA_NTHREADS) {
+        s_vtab[i] = vtab.v[i / VREP];
+    }
+}
+
+// the block's running max mb and sum of exp lb of each column, from its warps' (after a block barrier)
+template <int NC>
+static __device__ __forceinline__ void tq_fa_block_ml(const float (&s_wm)[TQ_FA_NWARPS][NC],
+                                                      const float (&s_wl)[TQ_FA_NWARPS][NC], float (&mb)[NC],
+                                                      float (&lb)[NC]) {
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+        mb[c] = s_wm[0][c];
+#pragma unroll
+        for (int w = 1; w < TQ_FA_NWARPS; ++w) {
+            mb[c] = fmaxf(mb[c], s_wm[w][c]);
+        }
+        lb[c] = 0.0f;
+#pragma unroll
+        for (int w = 0; w < TQ_FA_NWARPS; ++w) {
+            lb[c] += s_wl[w][c] * __expf(s_wm[w][c] - mb[c]);
+        }
+    }
+}
+
+// writes the block's result s_out[NC][D] (unnormalized, with the columns' mb and lb): normalized into dst when
+// the KV rows are not split, else into the split's partial rows for the combine kernel
+template <int D, int NC>
+static __device__ __forceinline__ void tq_fa_write_out(const tq_fattn_params & p, const float * s_out,
+                                                       const float (&mb)[NC], const float (&lb)[NC], const int kvh,
+                                                       const int cg, const int seq, const int split) {
+    for (int i = threadIdx.x; i < NC * D; i += TQ_FA_NTHREADS) {
+        const int c  = i / D;
+        const int gc = cg * NC + c;
+        if (gc >= p.n_col) {
+            continue;
+        }
+        const int     t  = gc / p.gqa;
+        const int     h  = kvh * p.gqa + gc % p.gqa;
+        const int64_t o  = ((int64_t) seq * p.n_tok + t) * p.n_head + h;
+        float         mc = 0.0f;
+        float         lc = 0.0f;
+#pragma unroll
+        for (int cc = 0; cc < NC; ++cc) {  // registers: constant indices only
+            mc = cc == c ? mb[cc] : mc;
+            lc = cc == c ? lb[cc] : lc;
+        }
+        if (p.n_split == 1) {
+            float f = 1.0f;
+            if (p.sinks) {
+                const float sink = p.sinks[h];
+                const float mf   = fmaxf(mc, sink);
+                f  = expf(mc - mf);
+                lc = lc * f + expf(sink - mf);
+            }
+            p.dst[o * D + i % D] = lc > 0.0f ? s_out[i] * f / lc : 0.0f;
+        } else {
+            const int64_t po = (int64_t) split * p.n_rows + o;
+            p.part[po * D + i % D] = s_out[i];
+            if (i % D == 0) {
+                p.part_ml[po] = make_float2(mc, lc);
+            }
+        }
+    }
+}
+
 // One block per (KV head, group of NC query columns, KV split); each warp streams its own chunks of 32 KV
 // rows (kv_begin + 32 * (warp + NW * i)) with its own online softmax, and the warps meet once at the end.
 // Nothing is staged in shared memory: a lane loads the bytes it decodes straight into registers.
@@ -155,7 +226,7 @@ static __device__ __forceinline__ int tq_fa_rs_col(const int lane) {
 // (reloaded once per chunk); NC = 8, head size 128 with NC = 4 and head size 256 spill 100-550 bytes (speed,
 // not correctness; not timed: the benchmarked shapes are NC = 4 at hd64 and NC = 2 at hd128).
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
-__launch_bounds__(TQ_FA_NTHREADS, 3)
+__launch_bounds__(TQ_FA_NTHREADS, TQ_FA_VEC_BLOCKS_PER_SM)
 static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
                                       const tq_cuda_tab<type_V> vtab) {
     using FK = tq_cuda_fmt<type_K>;
@@ -209,9 +280,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     const int kv_begin = split * p.kv_per_split;
     const int kv_end   = min(p.n_kv, kv_begin + p.kv_per_split);
 
-    for (int i = tid; i < FV::ntab * VREP; i += TQ_FA_NTHREADS) {
-        s_vtab[i] = vtab.v[i / VREP];
-    }
+    tq_fa_fill_vtab<type_V>(s_vtab, vtab);
     if constexpr (KPAIR) {
         if (tid < 16) {
             s_ktab[2 * tid]     = ktab.v[tid & 3];
@@ -500,19 +569,10 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     __syncthreads();
     float mb[NC];  // the block's max and sum of exp of each column
     float lb[NC];
+    tq_fa_block_ml<NC>(s_wm, s_wl, mb, lb);
     float fw[NC];  // this warp's factor
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
-        mb[c] = s_wm[0][c];
-#pragma unroll
-        for (int w = 1; w < NW; ++w) {
-            mb[c] = fmaxf(mb[c], s_wm[w][c]);
-        }
-        lb[c] = 0.0f;
-#pragma unroll
-        for (int w = 0; w < NW; ++w) {
-            lb[c] += s_wl[w][c] * __expf(s_wm[w][c] - mb[c]);
-        }
         fw[c] = __expf(m[c] - mb[c]);
     }
 #pragma unroll
@@ -530,44 +590,405 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         __syncthreads();
     }
 
-    for (int i = tid; i < NC * D; i += TQ_FA_NTHREADS) {
-        const int c  = i / D;
-        const int gc = cg * NC + c;
-        if (gc >= p.n_col) {
-            continue;
+    tq_fa_write_out<D, NC>(p, s_out, mb, lb, kvh, cg, seq, split);
+}
+
+// ---- tensor-core form (tq_k_fattn_mma) ----------------------------------------------------------------------
+
+// two floats as the f16 pair of one register (lo in the low half), rounded to nearest even
+static __device__ __forceinline__ uint32_t tq_fa_h2(const float lo, const float hi) {
+#if defined(TQ_CUDA_EMU)
+    return (uint32_t) __half_as_ushort(__float2half_rn(lo)) | (uint32_t) __half_as_ushort(__float2half_rn(hi)) << 16;
+#else
+    const half2 h = __floats2half2_rn(lo, hi);
+    return *(const uint32_t *) &h;
+#endif
+}
+
+// c (16 x 8, f32) += A (16 x 16, f16) * B (16 x 8, f16): PTX mma.m16n8k16.row.col with its register fragments;
+// lane = 4 g + t holds a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9],
+// b0 = B[2t, 2t+1][g], b1 = B[2t+8, 2t+9][g] (the lower index in the low half) and c0 = C[g][2t], c1 = C[g][2t+1],
+// c2 = C[g+8][2t], c3 = C[g+8][2t+1]. The emulation (tests/cuda_emu) gathers the fragments by shuffles.
+static __device__ __forceinline__ void tq_fa_mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(TQ_CUDA_EMU)
+    const int lane = threadIdx.x % WARP_SIZE;
+    const int g    = lane / 4;
+    const int t    = lane % 4;
+    auto      half_of = [](const uint32_t r, const int h) {
+        return __half2float(__ushort_as_half((unsigned short) (r >> (16 * h))));
+    };
+    for (int tt = 0; tt < 4; ++tt) {  // k = 2 tt + h and 2 tt + 8 + h come from the lanes with t = tt
+        uint32_t ar[4];
+        uint32_t br[2][2];
+        for (int r = 0; r < 4; ++r) {
+            ar[r] = __shfl_sync(0xffffffffu, a[r], 4 * g + tt);
         }
-        const int     t  = gc / p.gqa;
-        const int     h  = kvh * p.gqa + gc % p.gqa;
-        const int64_t o  = ((int64_t) seq * p.n_tok + t) * p.n_head + h;
-        float         mc = 0.0f;
-        float         lc = 0.0f;
-#pragma unroll
-        for (int cc = 0; cc < NC; ++cc) {  // registers: constant indices only
-            mc = cc == c ? mb[cc] : mc;
-            lc = cc == c ? lb[cc] : lc;
-        }
-        if (p.n_split == 1) {
-            float f = 1.0f;
-            if (p.sinks) {
-                const float sink = p.sinks[h];
-                const float mf   = fmaxf(mc, sink);
-                f  = expf(mc - mf);
-                lc = lc * f + expf(sink - mf);
+        for (int u = 0; u < 2; ++u) {
+            for (int r = 0; r < 2; ++r) {
+                br[u][r] = __shfl_sync(0xffffffffu, b[r], 4 * (2 * t + u) + tt);
             }
-            p.dst[o * D + i % D] = lc > 0.0f ? s_out[i] * f / lc : 0.0f;
-        } else {
-            const int64_t po = (int64_t) split * p.n_rows + o;
-            p.part[po * D + i % D] = s_out[i];
-            if (i % D == 0) {
-                p.part_ml[po] = make_float2(mc, lc);
+        }
+        for (int hk = 0; hk < 2; ++hk) {
+            for (int h = 0; h < 2; ++h) {
+                const float a_g  = half_of(ar[2 * hk], h);
+                const float a_g8 = half_of(ar[2 * hk + 1], h);
+                const float b_c0 = half_of(br[0][hk], h);
+                const float b_c1 = half_of(br[1][hk], h);
+                c[0] += a_g * b_c0;
+                c[1] += a_g * b_c1;
+                c[2] += a_g8 * b_c0;
+                c[3] += a_g8 * b_c1;
             }
         }
     }
+#elif defined(AMPERE_MMA_AVAILABLE)
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    GGML_UNUSED(c);
+    GGML_UNUSED(a);
+    GGML_UNUSED(b);
+    NO_DEVICE_CODE;
+#endif
+}
+
+// The same blocks, splits and warp chunks as tq_k_fattn_vec, with Q·K and P·V on the tensor cores (mma.m16n8k16,
+// f16 inputs, f32 sums; sm_80 and later). Lane = 4 g + t; a chunk is two tiles of 16 rows.
+//   S = K Q^T per row tile and K block: A = the block's K levels of rows g, g + 8 (a lane reads 16 consecutive
+//      codes of each row, 2b bits per pair of values, looked up as f16 pairs), B = Q of column g (loaded once);
+//      the k index of tile j of a block is mapped to the dims 16 t + 4 j + (0..3) of the block, the same for A
+//      and B. The block's K scale multiplies its partial scores (f32).
+//   softmax per column in the C layout (rows g, g + 8 of each tile, columns 2t, 2t + 1): lane-local over 4 rows,
+//      then over the 8 lanes of a t; the probabilities go to shared memory as f16 (the V scale folded in when a
+//      row is one block) and come back as the B fragments of P·V.
+//   O^T += V^T P: A = V of 4 rows (16 kt + 4 t + 0..3) at the lane's D / 8 consecutive dims g D / 8 + (0..),
+//      decoded in registers from the bank-spread table; m-tile m holds the dims g D / 8 + 2 m and + 2 m + 1.
+// Registers: Q D / 8, accumulators D / 4, a row tile's 8 scores: no Q copy per lane as in tq_k_fattn_vec.
+template <int D, ggml_type type_K, ggml_type type_V, int NC>
+__launch_bounds__(TQ_FA_NTHREADS, TQ_FA_MMA_BLOCKS_PER_SM)
+static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
+                                      const tq_cuda_tab<type_V> vtab) {
+    using FK = tq_cuda_fmt<type_K>;
+    using FV = tq_cuda_fmt<type_V>;
+    static_assert(!FK::trellis && FK::n_out == 0, "K must be a scalar-codebook type");
+    static_assert(FV::n_out == 0, "outlier V types take tq_k_fattn_vec");
+    static_assert(D % QK_TQ == 0 && D <= 256 && NC <= 8, "unsupported head size or column count");
+
+    constexpr int  NW   = TQ_FA_NWARPS;
+    constexpr int  RW   = WARP_SIZE;           // rows per warp chunk: two tiles of 16
+    constexpr int  NB   = D / QK_TQ;           // blocks per row
+    constexpr int  KB   = FK::b;
+    constexpr int  KPB  = 2 * KB;              // bits of a pair of K codes
+    constexpr int  NKP  = 1 << KPB;            // pair table entries
+    constexpr int  DV   = D / 8;               // V: dims per lane and row
+    constexpr int  VS   = 8;                   //    values per stream read
+    constexpr int  NMT  = D / 16;              //    m-tiles (two dims of each lane)
+    constexpr int  VREP = tq_fa_vrep<type_V>();
+    constexpr int  VSH  = tq_fa_log2<VREP>() + 2;
+    constexpr bool V1   = D == QK_TQ;          // a row is one block: its V scale goes into the probability
+    using kword_t = typename std::conditional<KB == 2, uint32_t, uint64_t>::type;  // 16 codes of a lane
+    using VC      = tq_fa_vcodes<type_V, VS>;
+
+    __shared__ __align__(16) float    s_vtab[FV::ntab * VREP];
+    __shared__ uint32_t               s_kpair[NKP];  // f16 pair (level[c & (2^b - 1)], level[c >> b])
+    __shared__ __align__(16) uint16_t s_p[NW][8][RW];  // a warp's probabilities (f16): [column][row]
+    __shared__ float                  s_out[NC * D];
+    __shared__ float                  s_wm[NW][NC];
+    __shared__ float                  s_wl[NW][NC];
+
+    const int tid  = threadIdx.x;
+    const int warp = tid / WARP_SIZE;
+    const int lane = tid % WARP_SIZE;
+    const int g    = lane / 4;
+    const int t    = lane % 4;
+
+    const int kvh   = blockIdx.x / p.n_col_grp;
+    const int cg    = blockIdx.x % p.n_col_grp;
+    const int seq   = blockIdx.y;
+    const int split = blockIdx.z;
+
+    const int kv_begin = split * p.kv_per_split;
+    const int kv_end   = min(p.n_kv, kv_begin + p.kv_per_split);
+
+    tq_fa_fill_vtab<type_V>(s_vtab, vtab);
+    for (int i = tid; i < NKP; i += TQ_FA_NTHREADS) {
+        s_kpair[i] = tq_fa_h2(ktab.v[i & ((1 << KB) - 1)], ktab.v[i >> KB]);
+    }
+
+    // B fragments of Q (column g): tile j of block bk holds the dims 64 bk + 16 t + 4 j + (0, 1) and + (2, 3)
+    uint32_t qf[NB * 4][2];
+    {
+        const int gc = cg * NC + g;
+        const float * qp = nullptr;
+        if (g < NC && gc < p.n_col) {
+            const int h = kvh * p.gqa + gc % p.gqa;
+            qp = (const float *) (p.Q + seq * p.nb03 + h * p.nb02 + (gc / p.gqa) * p.nb01);
+        }
+#pragma unroll
+        for (int j = 0; j < NB * 4; ++j) {
+            const int d0 = (j / 4) * QK_TQ + 16 * t + 4 * (j % 4);
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                qf[j][r] = qp ? tq_fa_h2(p.scale * qp[d0 + 2 * r], p.scale * qp[d0 + 2 * r + 1]) : 0u;
+            }
+        }
+    }
+
+    // this lane's columns 2 t + u of the C layout: mask row, ALiBi slope
+    const half * mrow[2];
+    float        slope[2];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        const int c  = 2 * t + u;
+        const int gc = cg * NC + c;
+        mrow[u]  = nullptr;
+        slope[u] = 1.0f;
+        if (c < NC && gc < p.n_col) {
+            const int tk = gc / p.gqa;
+            if (p.mask) {
+                mrow[u] = (const half *) (p.mask + (seq % p.ne33) * p.nb33 + tk * p.nb31);
+            }
+            slope[u] = get_alibi_slope(p.max_bias, kvh * p.gqa + gc % p.gqa, p.n_head_log2, p.m0, p.m1);
+        }
+    }
+
+    // V lane mapping: dims g DV .. g DV + DV - 1 of a row lie in one block
+    const int      v_bof = (g * DV / QK_TQ) * FV::bs;
+    const int      v_i0  = (g * DV) % QK_TQ;
+    const uint32_t v_rep = (uint32_t) (lane % VREP) * 4;
+
+    float m[2];
+    float l[2];
+    float acc[NMT][4];
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        m[u] = -FLT_MAX / 2.0f;
+        l[u] = 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < NMT; ++i) {
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            acc[i][r] = 0.0f;
+        }
+    }
+    __syncthreads();
+
+    const uint8_t * K = (const uint8_t *) (p.K + seq * p.nb13 + kvh * p.nb12);
+    const uint8_t * V = (const uint8_t *) (p.V + seq * p.nb23 + kvh * p.nb22);
+
+    // row strides as 32-bit offsets within a chunk (tq_cuda_fattn_applies bounds them by INT32_MAX / 512)
+    const int nb11 = (int) p.nb11;
+    const int nb21 = (int) p.nb21;
+
+    auto chunk = [&](const int kv0, auto full) {
+        constexpr bool FULL = decltype(full)::value;
+        const uint8_t * Kc  = K + (int64_t) kv0 * p.nb11;
+        const uint8_t * Vc  = V + (int64_t) kv0 * p.nb21;
+
+        // ---- scores: S[q] = row kv0 + 16 (q / 2) + g + 8 (q % 2), columns 2t, 2t + 1 ----
+        float s[4][2];
+#pragma unroll
+        for (int rt = 0; rt < 2; ++rt) {
+            const int  r0  = kv0 + 16 * rt + g;
+            const bool ok0 = FULL || r0 < kv_end;
+            const bool ok1 = FULL || r0 + 8 < kv_end;
+            const uint8_t * k0 = Kc + (16 * rt + g) * nb11;
+            const uint8_t * k1 = k0 + 8 * nb11;
+            float sc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+            for (int bk = 0; bk < NB; ++bk) {
+                const int     cof = bk * FK::bs + FK::qs_off + 2 * KB * t;
+                const kword_t w0  = ok0 ? tq_fa_ld16<KB, kword_t>(k0 + cof) : 0;
+                const kword_t w1  = ok1 ? tq_fa_ld16<KB, kword_t>(k1 + cof) : 0;
+                const float   d0  = ok0 ? __half2float(*(const half *) (k0 + bk * FK::bs)) : 0.0f;
+                const float   d1  = ok1 ? __half2float(*(const half *) (k1 + bk * FK::bs)) : 0.0f;
+                float         cb[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const uint32_t a[4] = {
+                        s_kpair[(unsigned) (w0 >> (KPB * 2 * j)) & (NKP - 1)],
+                        s_kpair[(unsigned) (w1 >> (KPB * 2 * j)) & (NKP - 1)],
+                        s_kpair[(unsigned) (w0 >> (KPB * (2 * j + 1))) & (NKP - 1)],
+                        s_kpair[(unsigned) (w1 >> (KPB * (2 * j + 1))) & (NKP - 1)],
+                    };
+                    tq_fa_mma(cb, a, qf[bk * 4 + j]);
+                }
+                sc[0] += d0 * cb[0];
+                sc[1] += d0 * cb[1];
+                sc[2] += d1 * cb[2];
+                sc[3] += d1 * cb[3];
+            }
+            s[2 * rt][0]     = sc[0];
+            s[2 * rt][1]     = sc[1];
+            s[2 * rt + 1][0] = sc[2];
+            s[2 * rt + 1][1] = sc[3];
+        }
+
+        // ---- online softmax per column: the lane's 4 rows, then the 8 lanes of its t ----
+        float dv[4];  // V1: the V scales of the lane's rows
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int  row = kv0 + 16 * (q / 2) + g + 8 * (q % 2);
+            const bool ok  = FULL || row < kv_end;
+            dv[q] = V1 && ok ? __half2float(*(const half *) (Vc + (row - kv0) * nb21)) : 0.0f;
+#pragma unroll
+            for (int u = 0; u < 2; ++u) {
+                float x = s[q][u];
+                if (p.logit_softcap != 0.0f) {
+                    x = p.logit_softcap * tanhf(x);
+                }
+                const float mv = mrow[u] && ok ? __half2float(mrow[u][row]) : 0.0f;
+                x       = mv == -INFINITY ? -INFINITY : x + slope[u] * mv;  // a masked cell counts for nothing
+                s[q][u] = ok ? x : -INFINITY;
+            }
+        }
+        float resc[2];
+        bool  grew = false;  // this lane's running max changed (else every resc is exactly 1)
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            float mx = fmaxf(fmaxf(s[0][u], s[1][u]), fmaxf(s[2][u], s[3][u]));
+#pragma unroll
+            for (int off = 4; off < WARP_SIZE; off <<= 1) {
+                mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, off, WARP_SIZE));
+            }
+            const float m_new = fmaxf(m[u], mx);
+            resc[u]           = __expf(m[u] - m_new);
+            grew              = grew || m_new != m[u];
+            m[u]              = m_new;
+            float ls          = 0.0f;
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+                const float e = __expf(s[q][u] - m_new);
+                ls += e;
+                s_p[warp][2 * t + u][16 * (q / 2) + g + 8 * (q % 2)] = __half_as_ushort(__float2half_rn(V1 ? e * dv[q] : e));
+            }
+            l[u] = l[u] * resc[u] + ls;
+        }
+        if (grew) {
+#pragma unroll
+            for (int i = 0; i < NMT; ++i) {
+                acc[i][0] *= resc[0];
+                acc[i][1] *= resc[1];
+                acc[i][2] *= resc[0];
+                acc[i][3] *= resc[1];
+            }
+        }
+        __syncwarp();
+
+        // ---- O^T += V^T P: k-tile kt = rows 16 kt + 4 t + (0..3) ----
+#pragma unroll
+        for (int kt = 0; kt < 2; ++kt) {
+            const uint2    pw   = *(const uint2 *) &s_p[warp][g][16 * kt + 4 * t];
+            const uint32_t b[2] = { pw.x, pw.y };
+            const int      row0 = kv0 + 16 * kt + 4 * t;
+            const uint8_t * vp  = Vc + (16 * kt + 4 * t) * nb21 + v_bof;
+            bool  ok[4];
+            float dr[4];  // V scales (a row of several blocks)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                ok[i] = FULL || row0 + i < kv_end;
+                dr[i] = !V1 && ok[i] ? __half2float(*(const half *) (vp + i * nb21)) : 1.0f;
+            }
+#pragma unroll
+            for (int sl = 0; sl < DV / VS; ++sl) {  // VS dims of the 4 rows at a time: m-tiles 4 sl .. 4 sl + 3
+                float v[4][VS];
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    const typename VC::word_t w = ok[i] ? VC::load(vp + i * nb21, v_i0 + sl * VS) : 0;
+#pragma unroll
+                    for (int e = 0; e < VS; ++e) {
+                        const uint32_t x   = (uint32_t) (w >> (FV::b * e));
+                        const uint32_t off = ((x & ((1u << VC::width) - 1u)) << VSH) | v_rep;
+                        const float    tv  = *(const float *) ((const char *) s_vtab + off);
+                        // several blocks per row: the scale is applied here, within the f16 range (a
+                        // value beyond it would be infinite, and 0 * inf a NaN for a row of probability 0)
+                        v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);
+                    }
+                }
+#pragma unroll
+                for (int mm = 0; mm < VS / 2; ++mm) {
+                    const uint32_t a[4] = {
+                        tq_fa_h2(v[0][2 * mm], v[1][2 * mm]),
+                        tq_fa_h2(v[0][2 * mm + 1], v[1][2 * mm + 1]),
+                        tq_fa_h2(v[2][2 * mm], v[3][2 * mm]),
+                        tq_fa_h2(v[2][2 * mm + 1], v[3][2 * mm + 1]),
+                    };
+                    tq_fa_mma(acc[sl * (VS / 2) + mm], a, b);
+                }
+            }
+        }
+        __syncwarp();  // s_p is rewritten by the next chunk
+    };
+
+#pragma unroll 1
+    for (int kv0 = kv_begin + warp * RW; kv0 < kv_end; kv0 += NW * RW) {
+        if (kv0 + RW <= kv_end) {
+            chunk(kv0, std::true_type());
+        } else {
+            chunk(kv0, std::false_type());
+        }
+    }
+
+    // ---- the warp's 8 lanes of a column, then the warps ----
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+#pragma unroll
+        for (int off = 4; off < WARP_SIZE; off <<= 1) {
+            l[u] += __shfl_xor_sync(0xffffffff, l[u], off, WARP_SIZE);
+        }
+        if (g == 0 && 2 * t + u < NC) {
+            s_wm[warp][2 * t + u] = m[u];
+            s_wl[warp][2 * t + u] = l[u];
+        }
+    }
+    __syncthreads();
+    float mb[NC];
+    float lb[NC];
+    tq_fa_block_ml<NC>(s_wm, s_wl, mb, lb);
+    float fw[2];  // this warp's factor of the lane's columns
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        float mc = 0.0f;
+#pragma unroll
+        for (int c = 0; c < NC; ++c) {  // registers: constant indices only
+            mc = c == 2 * t + u ? mb[c] : mc;
+        }
+        fw[u] = __expf(m[u] - mc);
+    }
+#pragma unroll
+    for (int w = 0; w < NW; ++w) {
+        if (warp == w) {
+#pragma unroll
+            for (int i = 0; i < NMT; ++i) {
+#pragma unroll
+                for (int r = 0; r < 4; ++r) {
+                    const int c = 2 * t + r % 2;  // c0, c1: dim slot g; c2, c3: slot g + 8
+                    if (c < NC) {
+                        const int o = c * D + g * DV + 2 * i + r / 2;
+                        s_out[o]    = (w == 0 ? 0.0f : s_out[o]) + acc[i][r] * fw[r % 2];
+                    }
+                }
+            }
+        }
+        __syncthreads();
+    }
+
+    tq_fa_write_out<D, NC>(p, s_out, mb, lb, kvh, cg, seq, split);
 }
 
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
 void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream) {
     const dim3 grid(p.n_kv_head * p.n_col_grp, p.n_seq, p.n_split);
+    if constexpr (tq_cuda_fmt<type_V>::n_out == 0) {
+        if (p.mma) {
+            tq_k_fattn_mma<D, type_K, type_V, NC>
+                <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
+            CUDA_CHECK(cudaGetLastError());
+            return;
+        }
+    }
     tq_k_fattn_vec<D, type_K, type_V, NC>
         <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
     CUDA_CHECK(cudaGetLastError());

@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <cstdlib>
+#include <cstring>
 
 #define TQ_FA_MAX_COLS 8  // query columns (tokens x GQA heads) per block, at most (4 for head size 256: registers)
 #define TQ_FA_MAX_TOK  8  // more tokens than this: upstream's tensor-core path (K/V converted to f16)
@@ -85,6 +87,25 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
     }
     // a query column group must fit one block: GQA groups wider than the block are split over blocks
     return tq_fattn_pick((int) D, K->type, V->type, std::min(tq_fattn_n_col(dst), tq_fattn_max_cols((int) D))) != nullptr;
+}
+
+// the decode kernel's tensor-core form (tq_k_fattn_mma) for this node: only for a V type without outlier slots, with
+// sm_80 or later in the build and on the device. LLAMA_TQ_CUDA_FA_MMA=1 takes it wherever it can run, =0 never;
+// by default it is taken where it measured faster than the vector form on the H200 (docs/results.md): head size
+// 64 with 4 or more query columns (hd64, GQA 4, depth 131072: tg 387.1 vs 359.6 t/s); at head size 128 with 2
+// columns (GQA 2) it was slower (tg 268.6 vs 288.5 t/s): 6 of its 8 mma columns idle there.
+static bool tq_fattn_use_mma(const ggml_type type_V, const int device, const int D, const int NC) {
+    if (TQ_GGML_TO_TQ(type_V) >= TQ_TYPE_VTQ2_3 || !ampere_mma_available(ggml_cuda_info().devices[device].cc)) {
+        return false;
+    }
+    static const char * env = getenv("LLAMA_TQ_CUDA_FA_MMA");
+    if (env && strcmp(env, "0") == 0) {
+        return false;
+    }
+    if (env && strcmp(env, "1") == 0) {
+        return true;
+    }
+    return D == 64 && NC >= 4;
 }
 
 #define TQ_FA_COMBINE_THREADS 256
@@ -217,13 +238,16 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.nb31 = mask ? mask->nb[1] : 0;
     p.nb33 = mask ? mask->nb[3] : 0;
 
-    // split the KV rows over blocks until the GPU holds about one wave (3 blocks per SM: the kernel's
-    // launch bounds), a split being whole steps of the block (4 warps x 32 rows) and at least two of them:
-    // a short cache (decode at depth 0) is one split, with no combine kernel after it
+    p.mma = tq_fattn_use_mma(V->type, ctx.device, D, NC) ? 1 : 0;
+
+    // split the KV rows over blocks until the GPU holds about one wave (the kernel's launch bounds: blocks per
+    // SM), a split being whole steps of the block (4 warps x 32 rows) and at least two of them: a short cache
+    // (decode at depth 0) is one split, with no combine kernel after it
     const int nsm        = ggml_cuda_info().devices[ctx.device].nsm;
+    const int per_sm     = p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM;
     const int step       = TQ_FA_STEP;
     const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
-    const int want_split = std::max(1, (3 * nsm + base - 1) / base);
+    const int want_split = std::max(1, (per_sm * nsm + base - 1) / base);
     const int n_steps    = (p.n_kv + step - 1) / step;
     p.kv_per_split       = std::max(2, (n_steps + want_split - 1) / want_split) * step;
     p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);

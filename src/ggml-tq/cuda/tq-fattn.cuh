@@ -7,7 +7,10 @@
 //     attn_rot rotates Q and K in the graph, the type never rotates again);
 //   - V: each value decoded in registers from its code / trellis window (O(1) random access);
 //   - each warp streams chunks of 32 rows with its own online softmax (no block barrier in the loop); the KV
-//     rows are split over blocks when the GPU would idle, then a combine kernel.
+//     rows are split over blocks when the GPU would idle, then a combine kernel;
+//   - two forms of the kernel (tq-fattn-impl.cuh): tq_k_fattn_vec (float32 FMAs, every type) and
+//     tq_k_fattn_mma (Q·K and P·V on the tensor cores with f16 inputs; V types without outlier slots, sm_80+),
+//     chosen per node by tq_fattn_use_mma (tq-fattn.cu; LLAMA_TQ_CUDA_FA_MMA).
 // Type pairs are compiled for the pairs in TQ_FA_PAIRS (CMake option LLAMA_TQ_CUDA_FA_PAIRS); others take
 // upstream's path (K and V converted to f16).
 #pragma once
@@ -25,6 +28,10 @@
 #endif
 
 #define TQ_FA_NTHREADS 128  // 4 warps
+
+// blocks per SM of the kernels' launch bounds (the vector form's 168 registers allow 3)
+#define TQ_FA_VEC_BLOCKS_PER_SM 3
+#define TQ_FA_MMA_BLOCKS_PER_SM 4
 
 // KV rows a block takes per step (each of its 4 warps a chunk of 32); a KV split is whole steps
 #define TQ_FA_STEP TQ_FA_NTHREADS
@@ -58,6 +65,7 @@ struct tq_fattn_params {
     int     kv_per_split;
     int     n_split;
     int     ne33;
+    int     mma;  // 1: the tensor-core form tq_k_fattn_mma (a V type without outlier slots, sm_80 and later)
     int64_t nb01, nb02, nb03;
     int64_t nb11, nb12, nb13;
     int64_t nb21, nb22, nb23;
