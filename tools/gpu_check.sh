@@ -29,8 +29,11 @@
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
 #                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
-#   TQ_BENCH_FA_MMA "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_FA_MMA (0: the decode kernel's vector form instead
-#                  of its tensor-core form; label +fa-vec)
+#   TQ_BENCH_FA_MMA "default", "1", "0" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the decode kernel's form
+#                  by head size and GQA), 1 (its tensor-core form wherever it can run; label +fa-mma) or 0 (its
+#                  vector form; label +fa-vec)
+#   TQ_BENCH_DEQUANT8 "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_DEQUANT8 (0: the one-value-per-thread f16
+#                  converter of K/V for prefill instead of the eight-value one; label +dequant1)
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
 #                  two launches instead of one; label <shape>+no-kv-fusion)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
@@ -207,18 +210,24 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
         make_model "$shape" || continue
         for gopt in ${TQ_BENCH_GRAPH_OPT:-0}; do
             for nofuse in ${TQ_BENCH_NO_KV_FUSION:-0}; do
-              for famma in ${TQ_BENCH_FA_MMA:-1}; do
+              for famma in ${TQ_BENCH_FA_MMA:-default}; do
+               for dq8 in ${TQ_BENCH_DEQUANT8:-1}; do
                 label=$shape
                 [ "$gopt" = 1 ] && label=$label+graph-opt
                 [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
                 [ "$famma" = 0 ] && label=$label+fa-vec
+                [ "$famma" = 1 ] && label=$label+fa-mma
+                [ "$dq8" = 0 ] && label=$label+dequant1
                 stamp "bench $label"
-                GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse LLAMA_TQ_CUDA_FA_MMA=$famma \
-                    python3 "$ROOT/benchmarks/kv_speed.py" \
+                famma_env=()
+                [ "$famma" != default ] && famma_env=(LLAMA_TQ_CUDA_FA_MMA=$famma)
+                env "${famma_env[@]}" GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse \
+                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 python3 "$ROOT/benchmarks/kv_speed.py" \
                     --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \
                     --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" \
                     --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
                 say "llama-bench $label rc $?"
+               done
               done
             done
         done

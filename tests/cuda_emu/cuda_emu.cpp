@@ -7,6 +7,7 @@
 emu_dim3 threadIdx;
 emu_dim3 blockIdx;
 emu_dim3 blockDim;
+emu_dim3 gridDim  = { 1, 1, 1 };
 
 // saves the callee-saved registers on the current stack, stores its pointer in *save_sp, switches to new_sp
 // and restores the registers saved there (System V AMD64)

@@ -14,7 +14,7 @@
 //   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
 //   - __any_sync() as a vote through the same buffer;
 //   - the tensor-core mma of the decode kernel's second form: its own shuffle-based path (TQ_CUDA_EMU);
-//   - __half, float2, uint2 and the few intrinsics the kernels call (__expf is expf, __funnelshift_r, __float2half_rn
+//   - __half, float2, uint2, uint4, float4 and the few intrinsics the kernels call (__expf is expf, __funnelshift_r, __float2half_rn
 //     rounds to nearest even, __fmul_rn / __fadd_rn are plain float operations: the build does not contract).
 // Lanes switch only at barriers, in an order the caller picks (forward, backward, or shuffled in every
 // round): a missing barrier shows up as a lane reading shared memory that another lane has not written yet,
@@ -62,6 +62,7 @@ struct emu_dim3 {
 extern emu_dim3 threadIdx;
 extern emu_dim3 blockIdx;
 extern emu_dim3 blockDim;  // set by emu_run_block
+extern emu_dim3 gridDim;   // set by the caller (grid-stride loops)
 
 enum emu_order {
     EMU_ORDER_FORWARD,   // lane 0 first in every round
@@ -228,9 +229,21 @@ struct alignas(8) uint2 {
     uint32_t x, y;
 };
 
+struct alignas(16) uint4 {
+    uint32_t x, y, z, w;
+};
+
+static inline uint4 make_uint4(const uint32_t x, const uint32_t y, const uint32_t z, const uint32_t w) {
+    return uint4{ x, y, z, w };
+}
+
 struct alignas(16) float4 {
     float x, y, z, w;
 };
+
+static inline float4 make_float4(const float x, const float y, const float z, const float w) {
+    return float4{ x, y, z, w };
+}
 
 #define __expf(x) expf(x)  // a macro: glibc declares a __expf of its own
 

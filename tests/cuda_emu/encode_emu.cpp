@@ -1,6 +1,7 @@
 // llama-tq: the CUDA encoders (src/ggml-tq/cuda/tq-encode-impl.cuh: the scalar codebook fit and the two-pass
 // tail-biting Viterbi) run on a CPU by the emulation of cuda_emu.h, block by block, and compared byte for byte
-// with the CPU reference quantizer (tq_quantize_row_ref, src/ggml-tq) on the same blocks.
+// with the CPU reference quantizer (tq_quantize_row_ref, src/ggml-tq) on the same blocks; and the f16 / f32
+// converter (tq-dequant-impl.cuh) on the CPU's blocks, value for value against the CPU decoder.
 //
 // The GPU sums a block's squares and products by warp reductions (another order than the CPU's loop), so a
 // block may legitimately come out different where two candidates are within rounding of each other; such a
@@ -10,6 +11,7 @@
 //   encode_emu [--order forward|backward|shuffled] [--seed N] [--blocks N] [--max-diff F] [--verbose]
 // prints one line per type, then "encode_emu: order=... types=... blocks=... differing=... failed=...".
 #include "common.cuh"
+#include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
 #include "tq-quants.h"
 
@@ -152,7 +154,45 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     }
 
     type_result r;
-    int         n_cmp = 0;  // blocks compared
+
+    // the f16 / f32 converter (tq_k_dequant8) on the CPU's blocks: every value must be the CPU decoder's (f32) and
+    // its round-to-nearest-even f16; three thread blocks, so that the grid-stride loop wraps. Outlier types: in
+    // every third block the second slot names the first one's position, with a stray high bit (the later slot
+    // wins; positions are taken mod 64)
+    {
+        const int64_t         n_val = (int64_t) n_blocks * QK_TQ;
+        std::vector<uint8_t>  blocks = cpu;
+        std::vector<float>    ref((size_t) n_val);
+        std::vector<float>    yf((size_t) n_val, NAN);
+        std::vector<uint16_t> yh((size_t) n_val, 0x7E00);
+        if constexpr (F::n_out > 0) {
+            for (int ib = 1; ib < n_blocks; ib += 3) {
+                uint8_t * op = &blocks[(size_t) ib * bs] + 2 + 2 * F::n_out;
+                op[1]        = (uint8_t) (op[0] | 0x40);
+            }
+        }
+        tq_dequantize_row(tq, blocks.data(), ref.data(), n_val);
+        gridDim = emu_dim3{ 3, 1, 1 };
+        for (unsigned b = 0; b < gridDim.x; ++b) {
+            blockIdx = emu_dim3{ b, 0, 0 };
+            emu_run_block(TQ_DQ_THREADS, [&]() { tq_k_dequant8<type, half>(blocks.data(), (half *) yh.data(), n_val / 8, tab); });
+            emu_run_block(TQ_DQ_THREADS, [&]() { tq_k_dequant8<type, float>(blocks.data(), yf.data(), n_val / 8, tab); });
+        }
+        gridDim = emu_dim3{ 1, 1, 1 };
+        int bad = 0;
+        for (int64_t i = 0; i < n_val; ++i) {
+            const uint16_t h_ref = __half_as_ushort(__float2half_rn(ref[i]));
+            if (memcmp(&yf[i], &ref[i], sizeof(float)) != 0 || yh[i] != h_ref) {
+                if (bad++ < 5) {
+                    printf("  %s value %lld (block %lld): converter f32 %.9g f16 0x%04x, CPU %.9g f16 0x%04x\n",
+                           tq_type_name(tq), (long long) i, (long long) (i / QK_TQ), yf[i], yh[i], ref[i], h_ref);
+                }
+            }
+        }
+        r.failed += bad > 0 ? 1 : 0;
+    }
+
+    int n_cmp = 0;  // blocks compared
     // form: 1 the separate kernel (trellis: G = 1), 2 the trellis G = 2 form, 3 the fused kernel's V, 4 its K
     auto check = [&](const int tq_t, const size_t bs_t, const std::vector<uint8_t> & out,
                      const std::vector<uint8_t> & ref, const int form) {

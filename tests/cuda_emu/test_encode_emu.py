@@ -15,11 +15,15 @@ between two candidates within rounding; it then passes if its squared reconstruc
 encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. So far none differs. The trellis
 forms must agree with each other byte for byte.
 
+The same program runs the f16 / f32 converter (tq-dequant-impl.cuh, eight values per thread) on the CPU's
+blocks of every type (three thread blocks: the grid-stride loop wraps) and requires every value to equal the CPU
+decoder's (f32) and its round-to-nearest-even f16.
+
 Mutated encoders (ties in the Viterbi minimum going to the higher state, the two-step trace-back reading the
 wrong half of its pointer, the barrier of a Viterbi step removed in both forms or only in the one-warp form,
 weight-0 samples not skipped, a back-pointer read from the wrong ring row or the wrong lane half, the fused
 kernel's V arguments, a value on a decision threshold taking the upper level, the fit's error sums left per lane)
-must fail.
+and converters (outlier slots in the wrong order, a window read at the wrong offset) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the locators and launches of
 tq-cuda.cu (SET_ROWS/CPY strides; test-backend-ops covers those on a GPU), nvcc's arithmetic (the emulation
@@ -49,6 +53,7 @@ from tests.cuda_emu.test_fattn_emu import (
 )
 
 KERNELS = CUDA / "tq-encode-impl.cuh"
+DEQUANT = CUDA / "tq-dequant-impl.cuh"  # the f16 / f32 converter, checked on the CPU's blocks by the same program
 ORDERS = ("forward", "backward", "shuffled")
 N_TYPES = 12
 N_BLOCKS = 241  # per type and run (odd: the last trellis thread block has a warp without a block)
@@ -59,8 +64,9 @@ SUMMARY = r"encode_emu: order=(\w+) types=(\d+) blocks=(\d+) differing=(\d+) fai
 @dataclass(frozen=True)
 class Mutation:
     name: str
-    old: str  # must occur exactly once in tq-encode-impl.cuh
+    old: str  # must occur exactly once in the file
     new: str
+    file: Path = KERNELS
 
 
 MUTATIONS = [
@@ -106,18 +112,30 @@ MUTATIONS = [
         "            errs[it] = it < n_it ? tq_cuda_warp_sum(errp[it]) : 0.0;",
         "            errs[it] = it < n_it ? errp[it] : 0.0;",
     ),
+    # the converter: the second outlier slot must win when both name the same position
+    Mutation(
+        "dequant-outlier-order",
+        "            for (int s = 0; s < F::n_out; ++s) {  // in slot order: a later slot wins\n",
+        "            for (int s = F::n_out - 1; s >= 0; --s) {  // in slot order: a later slot wins\n",
+        DEQUANT,
+    ),
+    # the converter: the window of value e starts e codes into the read
+    Mutation("dequant-window", "(w >> (F::b * e)) & MASK", "(w >> (F::L * e)) & MASK", DEQUANT),
 ]
 
 
-def apply_mutation(text: str, m: Mutation) -> str:
-    return replace_once(text, m.old, m.new, m.name, KERNELS, Path(__file__).name)
+def apply_mutation(m: Mutation) -> dict[str, str]:
+    """The mutated file's name and text."""
+    return {m.file.name: replace_once(m.file.read_text(), m.old, m.new, m.name, m.file, Path(__file__).name)}
 
 
-def build(out: Path, kernels_text: str, ref_lib: Path) -> Path:
-    """Compiles encode_emu against kernels_text (placed first on the include path) and the CPU reference."""
+def build(out: Path, ref_lib: Path, overrides: dict[str, str] | None = None) -> Path:
+    """Compiles encode_emu (with overrides: file name -> text, placed first on the include path) and links it
+    with the CPU reference."""
     assert CXX is not None
     out.mkdir(parents=True, exist_ok=True)
-    (out / KERNELS.name).write_text(kernels_text)
+    for name, text in (overrides or {}).items():
+        (out / name).write_text(text)
     flags = [*CXXFLAGS, "-O1", "-I", str(out), "-I", str(HERE), "-I", str(CUDA), "-I", str(SRC)]
     units = ("encode_emu", "cuda_emu")
     objs = [str(out / f"{u}.o") for u in units]
@@ -152,14 +170,13 @@ def run(exe: Path, order: str) -> Run:
 
 @pytest.fixture(scope="module")
 def emulator(ref_lib: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build(tmp_path_factory.mktemp("encode_emu"), KERNELS.read_text(), ref_lib)
+    return build(tmp_path_factory.mktemp("encode_emu"), ref_lib)
 
 
 def test_mutation_anchors_exist() -> None:
     """Runs everywhere (no compiler needed): a renamed line must not silently disable a mutation test."""
-    text = KERNELS.read_text()
     for m in MUTATIONS:
-        apply_mutation(text, m)
+        apply_mutation(m)
 
 
 @pytest.mark.parametrize("order", ORDERS)
@@ -174,7 +191,7 @@ def test_encoders_match_cpu_reference(order: str, emulator: Path) -> None:
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=[m.name for m in MUTATIONS])
 def test_mutated_encoder_fails(mutation: Mutation, ref_lib: Path, tmp_path: Path) -> None:
-    exe = build(tmp_path / "build", apply_mutation(KERNELS.read_text(), mutation), ref_lib)
+    exe = build(tmp_path / "build", ref_lib, apply_mutation(mutation))
     r = run(exe, "backward")
     print(tail(r.output, N_TYPES + 1))
     assert r.returncode in (0, 1), f"the harness crashed instead of reporting failures:\n{tail(r.output)}"

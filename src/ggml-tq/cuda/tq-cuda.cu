@@ -4,7 +4,12 @@
 // operations, and a fused multiply-add would round differently.
 
 #include "tq-cuda.cuh"
+#include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
+
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 
 #define TQ_CUDA_BLOCK_SIZE 256
 
@@ -47,10 +52,29 @@ static int tq_cuda_grid(const int64_t n) {
     return (int) std::max<int64_t>(1, std::min<int64_t>((n + TQ_CUDA_BLOCK_SIZE - 1) / TQ_CUDA_BLOCK_SIZE, 8192));
 }
 
+// the eight-values-per-thread converter, unless LLAMA_TQ_CUDA_DEQUANT8=0 (for comparison)
+static bool tq_cuda_dequant8_on() {
+    static const bool on = [] {
+        const char * env = getenv("LLAMA_TQ_CUDA_DEQUANT8");
+        return !(env && strcmp(env, "0") == 0);
+    }();
+    return on;
+}
+
 template <ggml_type type, typename dst_t>
 static void tq_dequant_cont_cuda(const void * x, dst_t * y, const int64_t k, cudaStream_t stream) {
     if (k <= 0) {
         return;
+    }
+    // whole blocks to f16 / f32 into a 16-byte aligned destination (the pool buffers of the FA conversion): eight
+    // values per thread; else (bf16, an unaligned view) one value per thread
+    if constexpr (std::is_same<dst_t, half>::value || std::is_same<dst_t, float>::value) {
+        if (k % QK_TQ == 0 && (uintptr_t) y % 16 == 0 && tq_cuda_dequant8_on()) {
+            const int64_t n8 = k / 8;
+            tq_k_dequant8<type, dst_t><<<tq_cuda_grid(n8), TQ_DQ_THREADS, 0, stream>>>(
+                (const uint8_t *) x, y, n8, tq_cuda_host_tab<type>());
+            return;
+        }
     }
     tq_k_dequant_cont<type, dst_t><<<tq_cuda_grid(k), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(
         (const uint8_t *) x, y, k, tq_cuda_host_tab<type>());

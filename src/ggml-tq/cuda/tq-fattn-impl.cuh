@@ -2,6 +2,7 @@
 // by the instance files tq-fattn-d*.cu, so each head size compiles in its own translation unit.
 #pragma once
 
+#include "tq-cuda-bits.cuh"
 #include "tq-fattn.cuh"
 
 #include <cfloat>
@@ -9,51 +10,6 @@
 
 #define TQ_FA_NWARPS (TQ_FA_NTHREADS / WARP_SIZE)
 #define TQ_FA_F16_MAX 65504.0f
-
-// 64 stream bits of a block starting at byte `byte` (circular over the qs_bytes of the stream: the
-// trellis is tail-biting; for codebook types the wrapped bytes are never used). qs is 2-byte aligned.
-template <int qs_bytes>
-static __device__ __forceinline__ uint64_t tq_fa_bits64(const uint8_t * __restrict__ qs, const int byte) {
-    constexpr int n16 = qs_bytes / 2;
-    const uint16_t * q16 = (const uint16_t *) qs;
-    const int        a   = byte >> 1;
-    uint64_t         w   = 0;
-#pragma unroll
-    for (int t = 0; t < 4; ++t) {
-        int idx = a + t;
-        idx     = idx >= n16 ? idx - n16 : idx;
-        w |= (uint64_t) q16[idx] << (16 * t);
-    }
-    return w >> (8 * (byte & 1));
-}
-
-// 32 stream bits of a block starting at byte `byte` (circular, as tq_fa_bits64); for even `byte` (types of
-// 2 or 4 bits) the third word folds away
-template <int qs_bytes>
-static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * __restrict__ qs, const int byte) {
-    constexpr int    n16 = qs_bytes / 2;
-    const uint16_t * q16 = (const uint16_t *) qs;
-    const int        a   = byte >> 1;
-    const int        a1  = a + 1 >= n16 ? a + 1 - n16 : a + 1;
-    const uint32_t   lo  = (uint32_t) q16[a] | (uint32_t) q16[a1] << 16;
-    if (byte & 1) {
-        const int a2 = a1 + 1 >= n16 ? a1 + 1 - n16 : a1 + 1;
-        return __funnelshift_r(lo, (uint32_t) q16[a2], 8);
-    }
-    return lo;
-}
-
-// the n 16-bit words at p (2-byte aligned) as one integer, the first in the low bits
-template <int n, typename T>
-static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * __restrict__ p) {
-    const uint16_t * q = (const uint16_t *) p;
-    T                w = 0;
-#pragma unroll
-    for (int i = 0; i < n; ++i) {
-        w |= (T) q[i] << (16 * i);
-    }
-    return w;
-}
 
 // K: the codes of KE consecutive values of a block, read as whole 16-bit words (when a lane's codes can
 // start at an odd byte, one more word, shifted out)
@@ -71,41 +27,6 @@ struct tq_fa_kcodes {
         return odd ? w >> (8 * (byte & 1)) : w;
     }
 };
-
-// V: the stream bits that decode VS (4 or 8) consecutive values of a block (a trellis window is L bits, a
-// code b); circular over the block's stream
-template <ggml_type type_V, int VS>
-struct tq_fa_vcodes {
-    using F = tq_cuda_fmt<type_V>;
-    static constexpr int  width = F::trellis ? F::L : F::b;
-    static constexpr bool frac  = VS * F::b % 8 != 0;  // 4 values of 3 bits: the start can be mid-byte
-    static constexpr bool w64   = (VS - 1) * F::b + width + (frac ? 4 : 0) > 32;
-    using word_t = typename std::conditional<w64, uint64_t, uint32_t>::type;
-
-    // blk: the block; i0: its first value (a multiple of VS)
-    static __device__ __forceinline__ word_t load(const uint8_t * __restrict__ blk, const int i0) {
-        const int bit = i0 * F::b;
-        word_t    w;
-        if constexpr (w64) {
-            w = tq_fa_bits64<F::qs_bytes>(blk + F::qs_off, bit / 8);
-        } else {
-            w = tq_fa_bits32<F::qs_bytes>(blk + F::qs_off, bit / 8);
-        }
-        return frac ? w >> (bit % 8) : w;
-    }
-};
-
-// copies of the V decode table in shared memory: lane l reads copy l % VREP (a 256..1024-entry table read
-// at random indices would otherwise conflict across banks); 8 KiB for a trellis, one copy for a codebook
-template <ggml_type type_V>
-static constexpr __host__ __device__ int tq_fa_vrep() {
-    return tq_cuda_fmt<type_V>::ntab <= 16 ? 1 : 2048 / tq_cuda_fmt<type_V>::ntab;
-}
-
-template <int n>
-static constexpr __host__ __device__ int tq_fa_log2() {
-    return n <= 1 ? 0 : 1 + tq_fa_log2<n / 2>();
-}
 
 // Sums the NC partial dot products v[] over the KL lanes of a row (KL >= NC; the lanes of a row are an
 // aligned group of KL): halving exchanges (a lane keeps half of its columns and sends the other half to its
