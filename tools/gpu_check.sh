@@ -29,9 +29,10 @@
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
 #                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
-#   TQ_BENCH_FA_MMA "default", "1", "0" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the decode kernel's form
-#                  by head size and GQA), 1 (its tensor-core form wherever it can run; label +fa-mma) or 0 (its
-#                  vector form; label +fa-vec)
+#   TQ_BENCH_FA_MMA "default", "1", "0", "stage" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the decode
+#                  kernel's form by head size and GQA), 1 (its tensor-core form wherever it can run; label +fa-mma),
+#                  0 (its vector form; label +fa-vec), or LLAMA_TQ_CUDA_FA_STAGE=1 (the tensor-core form's staging
+#                  variant where that form runs; label +fa-stage)
 #   TQ_BENCH_DEQUANT8 "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_DEQUANT8 (0: the one-value-per-thread f16
 #                  converter of K/V for prefill instead of the eight-value one; label +dequant1)
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
@@ -217,10 +218,14 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                 [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
                 [ "$famma" = 0 ] && label=$label+fa-vec
                 [ "$famma" = 1 ] && label=$label+fa-mma
+                [ "$famma" = stage ] && label=$label+fa-stage
                 [ "$dq8" = 0 ] && label=$label+dequant1
                 stamp "bench $label"
                 famma_env=()
-                [ "$famma" != default ] && famma_env=(LLAMA_TQ_CUDA_FA_MMA=$famma)
+                case $famma in
+                    0 | 1) famma_env=(LLAMA_TQ_CUDA_FA_MMA=$famma) ;;
+                    stage) famma_env=(LLAMA_TQ_CUDA_FA_STAGE=1) ;;
+                esac
                 env "${famma_env[@]}" GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse \
                     LLAMA_TQ_CUDA_DEQUANT8=$dq8 python3 "$ROOT/benchmarks/kv_speed.py" \
                     --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \

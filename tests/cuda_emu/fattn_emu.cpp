@@ -16,7 +16,7 @@
 // softmax error gives 1e-2 and more). Outputs start as NaN, so an output the kernel does not write fails.
 //
 // usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] [--case N]
-//                  [--tol X] [--mma] [--verbose]
+//                  [--tol X] [--mma | --mma-stage] [--verbose]
 // prints a FAIL line per failing case and a summary line; exit status 0 if every case passed, 1 if not
 // (2: an emulation error such as a barrier deadlock).
 #include "fattn_emu.h"
@@ -112,8 +112,9 @@ struct fa_pair {
     ggml_type type_v;
 };
 
-// --mma: the tensor-core form tq_k_fattn_mma where tq_cuda_fattn takes it (V without outlier slots)
-static bool g_mma = false;
+// --mma: the tensor-core form tq_k_fattn_mma where tq_cuda_fattn takes it (V without outlier slots); --mma-stage:
+// its variant that stages a chunk's rows in shared memory (p.mma = 2)
+static int g_mma = 0;
 
 static int tq_of(const ggml_type t) {
     return TQ_GGML_TO_TQ(t);
@@ -342,7 +343,7 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
     p.nb31 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) : 0;
     p.nb33 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) * c.n_tok : 0;
 
-    p.mma = g_mma && tq_of(c.type_v) < TQ_TYPE_VTQ2_3 ? 1 : 0;  // as tq_fattn_use_mma
+    p.mma = tq_of(c.type_v) < TQ_TYPE_VTQ2_3 ? g_mma : 0;  // as tq_fattn_use_mma
 
     const int per_sm     = p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM;
     const int step       = TQ_FA_STEP;
@@ -523,7 +524,7 @@ static void on_exit_in_case() {  // an emulation error (emu_fatal) exits with st
 
 static void usage() {
     fprintf(stderr, "usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] "
-                    "[--case N] [--tol X] [--mma] [--verbose]\n");
+                    "[--case N] [--tol X] [--mma | --mma-stage] [--verbose]\n");
     exit(2);
 }
 
@@ -566,7 +567,9 @@ int main(int argc, char ** argv) {
         } else if (a == "--tol") {
             tol = atof(next());
         } else if (a == "--mma") {
-            g_mma = true;
+            g_mma = 1;
+        } else if (a == "--mma-stage") {
+            g_mma = 2;
         } else if (a == "--verbose") {
             verbose = true;
         } else {
@@ -618,6 +621,6 @@ int main(int argc, char ** argv) {
         n_hit += h > 0 ? 1 : 0;
     }
     printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d kernel=%s\n", order_name,
-           n_run, n_failed, worst, tol, n_hit, (int) instances.size(), g_mma ? "mma" : "vec");
+           n_run, n_failed, worst, tol, n_hit, (int) instances.size(), g_mma == 2 ? "mma-stage" : g_mma ? "mma" : "vec");
     return n_failed == 0 ? 0 : 1;
 }

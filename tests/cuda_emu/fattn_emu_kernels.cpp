@@ -10,7 +10,7 @@
 #endif
 
 // the grid of tq_fattn_launch, one block after another: (KV head x column group, sequence, KV split); p.mma picks
-// the tensor-core form for a V type without outlier slots, as tq_fattn_launch does
+// the tensor-core form (2: its staging variant) for a V type without outlier slots, as tq_fattn_launch does
 template <int D, ggml_type type_k, ggml_type type_v, int NC>
 static void emu_fattn_launch(const tq_fattn_params & p) {
     const tq_cuda_tab<type_k> ktab = tq_cuda_host_tab<type_k>();
@@ -22,7 +22,11 @@ static void emu_fattn_launch(const tq_fattn_params & p) {
                 emu_run_block(TQ_FA_NTHREADS, [&]() {
                     if constexpr (tq_cuda_fmt<type_v>::n_out == 0) {
                         if (p.mma) {
-                            tq_k_fattn_mma<D, type_k, type_v, NC>(p, ktab, vtab);
+                            if (p.mma == 2) {
+                                tq_k_fattn_mma<D, type_k, type_v, NC, true>(p, ktab, vtab);
+                            } else {
+                                tq_k_fattn_mma<D, type_k, type_v, NC, false>(p, ktab, vtab);
+                            }
                             return;
                         }
                     }

@@ -14,9 +14,10 @@ and NC (216 instances), partial chunks, warps without rows, KV splits, several c
 columns, GQA, two sequences, both Q layouts, masks (random, causal, window, fully masked rows), softcap,
 ALiBi, sinks; each in forward, backward and shuffled lane order. The same cases again through the tensor-core
 form tq_k_fattn_mma (`--mma`: its mma.m16n8k16 emulated by shuffles; every V type without outlier slots; f16
-inputs, so a tolerance of 4e-3, MMA_TOL), in forward and backward order. Mutated copies of the kernel (a barrier
-removed in either form, the outlier slot order swapped, the 3-bit K code alignment dropped, the P fragment's row
-pairs swapped, the V block scale dropped) must fail.
+inputs, so a tolerance of 4e-3, MMA_TOL), in forward and backward order, and the short cases through its
+variant that stages each chunk's rows in shared memory (`--mma-stage`). Mutated copies of the kernel (a barrier
+removed in either form or after the staging copy, the outlier slot order swapped, the 3-bit K code alignment
+dropped, the P fragment's row pairs swapped, the V block scale dropped) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers (a shuffle synchronizes the lanes
 here, so the __syncwarp at the end of a chunk, whose accesses a shuffle also separates, can be removed
@@ -67,7 +68,8 @@ HEAD_SIZES = (64, 128, 256)
 ORDERS = ("forward", "backward", "shuffled")
 
 # fattn_emu's case list: 3 head sizes x 27 pairs x 16 short cases, then 18 long ones; 27 pairs x (3 + 3 + 2) NC
-EXPECTED_CASES = 3 * 27 * 16 + 18
+EXPECTED_SHORT = 3 * 27 * 16
+EXPECTED_CASES = EXPECTED_SHORT + 18
 EXPECTED_INSTANCES = 27 * 8
 TIMEOUT_S = 600
 
@@ -120,6 +122,8 @@ class Mutation:
 # column or dim mapping gives 1e-1 and more
 MMA_TOL = 4e-3
 MMA_ARGS = ("--mma", "--tol", str(MMA_TOL))
+# its variant that stages each chunk's K and V rows in shared memory (LLAMA_TQ_CUDA_FA_STAGE=1): same arithmetic
+MMA_STAGE_ARGS = ("--mma-stage", "--tol", str(MMA_TOL))
 
 MUTATIONS = [
     # the scores of a chunk are read back by other lanes (lane = row) without a barrier
@@ -163,6 +167,15 @@ MUTATIONS = [
         "X(KTQ3, VTQ3_2)",
         48,
         MMA_ARGS,
+    ),
+    # tensor-core form, staging variant: the rows are read by other lanes than those that copied them
+    Mutation(
+        "mma-stage-syncwarp",
+        "            __syncwarp();\n            kb  = sk + 2;\n",
+        "            kb  = sk + 2;\n",
+        "X(KTQ2, VTQ2_2)",
+        48,
+        MMA_STAGE_ARGS,
     ),
     # tensor-core form: rows of several V blocks (head size 128, 256) need each block's scale
     Mutation(
@@ -287,14 +300,15 @@ def test_mutation_anchors_exist() -> None:
 def test_kernel_matches_float64_reference(emulator: Path) -> None:
     vec = [["--order", order, "--seed", "7"] for order in ORDERS]
     mma = [["--order", order, "--seed", "7", *MMA_ARGS] for order in ("forward", "backward")]
-    results = run_emulator(emulator, vec + mma)
+    stage = [["--order", order, "--seed", "7", "--no-long", *MMA_STAGE_ARGS] for order in ("forward", "backward")]
+    results = run_emulator(emulator, vec + mma + stage)
     for r in results:
         print(tail(r.output, 5))
         what = f"fattn_emu {' '.join(r.args)} (exit status {r.returncode}):\n{tail(r.output)}"
         assert r.returncode == 0, what
-        assert r.cases == EXPECTED_CASES, what
+        assert r.cases == (EXPECTED_SHORT if "--no-long" in r.args else EXPECTED_CASES), what
         assert r.failed == 0, what
-        assert r.worst < (MMA_TOL if "--mma" in r.args else 1e-4), what
+        assert r.worst < (MMA_TOL if any(a.startswith("--mma") for a in r.args) else 1e-4), what
         assert r.instances == (EXPECTED_INSTANCES, EXPECTED_INSTANCES), what
 
 

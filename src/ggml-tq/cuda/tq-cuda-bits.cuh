@@ -53,6 +53,18 @@ static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * __restrict__ p) {
     return w;
 }
 
+// the n 32-bit words at p (4-byte aligned) as one integer, the first in the low bits
+template <int n, typename T>
+static __device__ __forceinline__ T tq_fa_ld32(const uint8_t * __restrict__ p) {
+    const uint32_t * q = (const uint32_t *) p;
+    T                w = 0;
+#pragma unroll
+    for (int i = 0; i < n; ++i) {
+        w |= (T) q[i] << (32 * i);
+    }
+    return w;
+}
+
 // V: the stream bits that decode VS (4 or 8) consecutive values of a block (a trellis window is L bits, a
 // code b); circular over the block's stream
 template <ggml_type type_V, int VS>

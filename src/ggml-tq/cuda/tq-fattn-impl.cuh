@@ -574,6 +574,49 @@ static __device__ __forceinline__ void tq_fa_mma(float (&c)[4], const uint32_t (
 #endif
 }
 
+// A warp copies the K and V rows of its chunk (n_rows of RW, the rest as zeros) into its shared-memory slots by
+// whole-warp 16-bit copies: lane l moves words l, l + 32, ... of the chunk's WK words of K rows (WK / RW per row)
+// and then of V, up to TQ_FA_STAGE_BATCH loads in flight per lane before their stores. A row lands at byte 2 of a
+// slot of SK (SV) bytes, a multiple of 4, so that the first block's codes are 4-byte aligned.
+#define TQ_FA_STAGE_BATCH 12
+
+template <int WK, int WV, int SK, int SV>
+static __device__ __forceinline__ void tq_fa_stage_rows(uint8_t * sk, uint8_t * sv, const uint16_t * k16,
+                                                        const uint16_t * v16, const int k_stride16,
+                                                        const int v_stride16, const int n_rows, const int lane) {
+    constexpr int NK = WK;       // per-lane copies of K (RW rows of WK / RW words: RW == WARP_SIZE)
+    constexpr int NT = WK + WV;  // and of K then V
+    static_assert(WARP_SIZE == 32, "one word per lane and row step");
+#pragma unroll
+    for (int b0 = 0; b0 < NT; b0 += TQ_FA_STAGE_BATCH) {
+        uint16_t tmp[TQ_FA_STAGE_BATCH];
+#pragma unroll
+        for (int j = 0; j < TQ_FA_STAGE_BATCH; ++j) {
+            const int it = b0 + j;
+            if (it < NT) {
+                const bool isk = it < NK;
+                const int  W   = isk ? WK : WV;         // words per row
+                const int  i   = lane + WARP_SIZE * (isk ? it : it - NK);
+                const int  r   = i / W;
+                const int  w   = i - r * W;
+                tmp[j] = r < n_rows ? (isk ? k16[r * k_stride16 + w] : v16[r * v_stride16 + w]) : (uint16_t) 0;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < TQ_FA_STAGE_BATCH; ++j) {
+            const int it = b0 + j;
+            if (it < NT) {
+                const bool isk = it < NK;
+                const int  W   = isk ? WK : WV;
+                const int  i   = lane + WARP_SIZE * (isk ? it : it - NK);
+                const int  r   = i / W;
+                const int  w   = i - r * W;
+                *(uint16_t *) ((isk ? sk + r * SK : sv + r * SV) + 2 + 2 * w) = tmp[j];
+            }
+        }
+    }
+}
+
 // The same blocks, splits and warp chunks as tq_k_fattn_vec, with Q·K and P·V on the tensor cores (mma.m16n8k16,
 // f16 inputs, f32 sums; sm_80 and later). Lane = 4 g + t; a chunk is two tiles of 16 rows.
 //   S = K Q^T per row tile and K block: A = the block's K levels of rows g, g + 8 (a lane reads 16 consecutive
@@ -586,7 +629,7 @@ static __device__ __forceinline__ void tq_fa_mma(float (&c)[4], const uint32_t (
 //   O^T += V^T P: A = V of 4 rows (16 kt + 4 t + 0..3) at the lane's D / 8 consecutive dims g D / 8 + (0..),
 //      decoded in registers from the bank-spread table; m-tile m holds the dims g D / 8 + 2 m and + 2 m + 1.
 // Registers: Q D / 8, accumulators D / 4, a row tile's 8 scores: no Q copy per lane as in tq_k_fattn_vec.
-template <int D, ggml_type type_K, ggml_type type_V, int NC>
+template <int D, ggml_type type_K, ggml_type type_V, int NC, bool STAGE>
 __launch_bounds__(TQ_FA_NTHREADS, TQ_FA_MMA_BLOCKS_PER_SM)
 static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
                                       const tq_cuda_tab<type_V> vtab) {
@@ -610,10 +653,17 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr bool V1   = D == QK_TQ;          // a row is one block: its V scale goes into the probability
     using kword_t = typename std::conditional<KB == 2, uint32_t, uint64_t>::type;  // 16 codes of a lane
     using VC      = tq_fa_vcodes<type_V, VS>;
+    constexpr int  RBK  = NB * FK::bs;                  // bytes of a K row (a head's blocks), of a V row
+    constexpr int  RBV  = NB * FV::bs;
+    constexpr int  SK   = (RBK + 2 + 3) / 4 * 4;        // their slots in shared memory (tq_fa_stage_rows)
+    constexpr int  SV   = (RBV + 2 + 3) / 4 * 4;
+    // one block per row and codes of a lane a multiple of 4 bytes: a lane's K codes are 4-byte aligned words
+    constexpr bool K32  = NB == 1 && (FK::qs_off + 2) % 4 == 0 && (2 * KB) % 4 == 0;
 
     __shared__ __align__(16) float    s_vtab[FV::ntab * VREP];
     __shared__ uint32_t               s_kpair[NKP];  // f16 pair (level[c & (2^b - 1)], level[c >> b])
     __shared__ __align__(16) uint16_t s_p[NW][8][RW];  // a warp's probabilities (f16): [column][row]
+    __shared__ __align__(16) uint8_t  s_kv[NW][STAGE ? RW * (SK + SV) : 4];  // STAGE: a warp's K rows, V rows
     __shared__ float                  s_out[NC * D];
     __shared__ float                  s_wm[NW][NC];
     __shared__ float                  s_wl[NW][NC];
@@ -699,32 +749,61 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     const uint8_t * K = (const uint8_t *) (p.K + seq * p.nb13 + kvh * p.nb12);
     const uint8_t * V = (const uint8_t *) (p.V + seq * p.nb23 + kvh * p.nb22);
 
-    // row strides as 32-bit offsets within a chunk (tq_cuda_fattn_applies bounds them by INT32_MAX / 512)
+    // row strides as 32-bit offsets within a chunk (tq_cuda_fattn_applies: even, and below INT32_MAX / 512)
     const int nb11 = (int) p.nb11;
     const int nb21 = (int) p.nb21;
+    uint8_t * sk   = s_kv[warp];
+    uint8_t * sv   = sk + RW * SK;
 
     auto chunk = [&](const int kv0, auto full) {
         constexpr bool FULL = decltype(full)::value;
-        const uint8_t * Kc  = K + (int64_t) kv0 * p.nb11;
-        const uint8_t * Vc  = V + (int64_t) kv0 * p.nb21;
+
+        // where the chunk's rows are read: STAGE, from this warp's slots, copied there first (rows past kv_end as
+        // zeros: scale 0, so their K scores and V values are 0, and the softmax gives those rows no weight); else
+        // from the cache, rows past kv_end skipped
+        const uint8_t * kb;
+        const uint8_t * vb;
+        int             kst;
+        int             vst;
+        if constexpr (STAGE) {
+            tq_fa_stage_rows<RBK / 2, RBV / 2, SK, SV>(sk, sv, (const uint16_t *) (K + (int64_t) kv0 * p.nb11),
+                                                       (const uint16_t *) (V + (int64_t) kv0 * p.nb21), nb11 / 2,
+                                                       nb21 / 2, FULL ? RW : kv_end - kv0, lane);
+            __syncwarp();
+            kb  = sk + 2;
+            kst = SK;
+            vb  = sv + 2;
+            vst = SV;
+        } else {
+            kb  = K + (int64_t) kv0 * p.nb11;
+            kst = nb11;
+            vb  = V + (int64_t) kv0 * p.nb21;
+            vst = nb21;
+        }
 
         // ---- scores: S[q] = row kv0 + 16 (q / 2) + g + 8 (q % 2), columns 2t, 2t + 1 ----
         float s[4][2];
 #pragma unroll
         for (int rt = 0; rt < 2; ++rt) {
-            const int  r0  = kv0 + 16 * rt + g;
-            const bool ok0 = FULL || r0 < kv_end;
-            const bool ok1 = FULL || r0 + 8 < kv_end;
-            const uint8_t * k0 = Kc + (16 * rt + g) * nb11;
-            const uint8_t * k1 = k0 + 8 * nb11;
+            const bool      ok0 = STAGE || FULL || kv0 + 16 * rt + g < kv_end;
+            const bool      ok1 = STAGE || FULL || kv0 + 16 * rt + g + 8 < kv_end;
+            const uint8_t * k0  = kb + (16 * rt + g) * kst;
+            const uint8_t * k1  = k0 + 8 * kst;
             float sc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
 #pragma unroll
             for (int bk = 0; bk < NB; ++bk) {
-                const int     cof = bk * FK::bs + FK::qs_off + 2 * KB * t;
-                const kword_t w0  = ok0 ? tq_fa_ld16<KB, kword_t>(k0 + cof) : 0;
-                const kword_t w1  = ok1 ? tq_fa_ld16<KB, kword_t>(k1 + cof) : 0;
-                const float   d0  = ok0 ? __half2float(*(const half *) (k0 + bk * FK::bs)) : 0.0f;
-                const float   d1  = ok1 ? __half2float(*(const half *) (k1 + bk * FK::bs)) : 0.0f;
+                const int cof = bk * FK::bs + FK::qs_off + 2 * KB * t;
+                kword_t   w0  = 0;
+                kword_t   w1  = 0;
+                if constexpr (STAGE && K32) {
+                    w0 = tq_fa_ld32<KB / 2, kword_t>(k0 + cof);
+                    w1 = tq_fa_ld32<KB / 2, kword_t>(k1 + cof);
+                } else {
+                    w0 = ok0 ? tq_fa_ld16<KB, kword_t>(k0 + cof) : 0;
+                    w1 = ok1 ? tq_fa_ld16<KB, kword_t>(k1 + cof) : 0;
+                }
+                const float d0 = ok0 ? __half2float(*(const half *) (k0 + bk * FK::bs)) : 0.0f;
+                const float d1 = ok1 ? __half2float(*(const half *) (k1 + bk * FK::bs)) : 0.0f;
                 float         cb[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
@@ -753,7 +832,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         for (int q = 0; q < 4; ++q) {
             const int  row = kv0 + 16 * (q / 2) + g + 8 * (q % 2);
             const bool ok  = FULL || row < kv_end;
-            dv[q] = V1 && ok ? __half2float(*(const half *) (Vc + (row - kv0) * nb21)) : 0.0f;
+            dv[q] = V1 && ok ? __half2float(*(const half *) (vb + (row - kv0) * vst)) : 0.0f;
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
                 float x = s[q][u];
@@ -803,21 +882,20 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         for (int kt = 0; kt < 2; ++kt) {
             const uint2    pw   = *(const uint2 *) &s_p[warp][g][16 * kt + 4 * t];
             const uint32_t b[2] = { pw.x, pw.y };
-            const int      row0 = kv0 + 16 * kt + 4 * t;
-            const uint8_t * vp  = Vc + (16 * kt + 4 * t) * nb21 + v_bof;
+            const uint8_t * vp  = vb + (16 * kt + 4 * t) * vst + v_bof;
             bool  ok[4];
             float dr[4];  // V scales (a row of several blocks)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                ok[i] = FULL || row0 + i < kv_end;
-                dr[i] = !V1 && ok[i] ? __half2float(*(const half *) (vp + i * nb21)) : 1.0f;
+                ok[i] = STAGE || FULL || kv0 + 16 * kt + 4 * t + i < kv_end;
+                dr[i] = !V1 && ok[i] ? __half2float(*(const half *) (vp + i * vst)) : 1.0f;
             }
 #pragma unroll
             for (int sl = 0; sl < DV / VS; ++sl) {  // VS dims of the 4 rows at a time: m-tiles 4 sl .. 4 sl + 3
                 float v[4][VS];
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    const typename VC::word_t w = ok[i] ? VC::load(vp + i * nb21, v_i0 + sl * VS) : 0;
+                    const typename VC::word_t w = ok[i] ? VC::load(vp + i * vst, v_i0 + sl * VS) : 0;
 #pragma unroll
                     for (int e = 0; e < VS; ++e) {
                         const uint32_t x   = (uint32_t) (w >> (FV::b * e));
@@ -903,8 +981,14 @@ template <int D, ggml_type type_K, ggml_type type_V, int NC>
 void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream) {
     const dim3 grid(p.n_kv_head * p.n_col_grp, p.n_seq, p.n_split);
     if constexpr (tq_cuda_fmt<type_V>::n_out == 0) {
-        if (p.mma) {
-            tq_k_fattn_mma<D, type_K, type_V, NC>
+        if (p.mma == 2) {
+            tq_k_fattn_mma<D, type_K, type_V, NC, true>
+                <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
+            CUDA_CHECK(cudaGetLastError());
+            return;
+        }
+        if (p.mma == 1) {
+            tq_k_fattn_mma<D, type_K, type_V, NC, false>
                 <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
             CUDA_CHECK(cudaGetLastError());
             return;

@@ -89,23 +89,28 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
     return tq_fattn_pick((int) D, K->type, V->type, std::min(tq_fattn_n_col(dst), tq_fattn_max_cols((int) D))) != nullptr;
 }
 
-// the decode kernel's tensor-core form (tq_k_fattn_mma) for this node: only for a V type without outlier slots, with
-// sm_80 or later in the build and on the device. LLAMA_TQ_CUDA_FA_MMA=1 takes it wherever it can run, =0 never;
-// by default it is taken where it measured faster than the vector form on the H200 (docs/results.md): head size
-// 64 with 4 or more query columns (hd64, GQA 4, depth 131072: tg 387.1 vs 359.6 t/s); at head size 128 with 2
-// columns (GQA 2) it was slower (tg 268.6 vs 288.5 t/s): 6 of its 8 mma columns idle there.
-static bool tq_fattn_use_mma(const ggml_type type_V, const int device, const int D, const int NC) {
+// the decode kernel's form for this node: 0 the vector form, 1 the tensor-core form (tq_k_fattn_mma), 2 the
+// tensor-core form that stages each chunk's rows in shared memory first. The tensor-core form only for a V type
+// without outlier slots, with sm_80 or later in the build and on the device. LLAMA_TQ_CUDA_FA_MMA=1 takes it
+// wherever it can run, =0 never; by default it is taken where it measured faster than the vector form on the H200
+// (docs/results.md): head size 64 with 4 or more query columns (hd64, GQA 4, depth 131072: tg 387.1 vs 359.6
+// t/s); at head size 128 with 2 columns (GQA 2) it was slower (tg 268.6 vs 288.5 t/s): 6 of its 8 mma columns
+// idle there. LLAMA_TQ_CUDA_FA_STAGE=1 picks the staging variant where the tensor-core form runs (not yet
+// timed on a GPU: see docs/results.md).
+static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int D, const int NC) {
     if (TQ_GGML_TO_TQ(type_V) >= TQ_TYPE_VTQ2_3 || !ampere_mma_available(ggml_cuda_info().devices[device].cc)) {
-        return false;
+        return 0;
     }
-    static const char * env = getenv("LLAMA_TQ_CUDA_FA_MMA");
+    static const char * env   = getenv("LLAMA_TQ_CUDA_FA_MMA");
+    static const char * stage = getenv("LLAMA_TQ_CUDA_FA_STAGE");
+    const int           form  = stage && strcmp(stage, "1") == 0 ? 2 : 1;
     if (env && strcmp(env, "0") == 0) {
-        return false;
+        return 0;
     }
     if (env && strcmp(env, "1") == 0) {
-        return true;
+        return form;
     }
-    return D == 64 && NC >= 4;
+    return D == 64 && NC >= 4 ? form : 0;
 }
 
 #define TQ_FA_COMBINE_THREADS 256
@@ -238,7 +243,7 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.nb31 = mask ? mask->nb[1] : 0;
     p.nb33 = mask ? mask->nb[3] : 0;
 
-    p.mma = tq_fattn_use_mma(V->type, ctx.device, D, NC) ? 1 : 0;
+    p.mma = tq_fattn_use_mma(V->type, ctx.device, D, NC);
 
     // split the KV rows over blocks until the GPU holds about one wave (the kernel's launch bounds: blocks per
     // SM), a split being whole steps of the block (4 warps x 32 rows) and at least two of them: a short cache
