@@ -41,28 +41,27 @@ static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * __restri
     return lo;
 }
 
-// the n 16-bit words at p (2-byte aligned) as one integer, the first in the low bits
-template <int n, typename T>
-static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * __restrict__ p) {
-    const uint16_t * q = (const uint16_t *) p;
-    T                w = 0;
+// the n words of type W at p (aligned for W) as one integer, the first in the low bits
+template <typename W, int n, typename T>
+static __device__ __forceinline__ T tq_fa_ldw(const uint8_t * __restrict__ p) {
+    const W * q = (const W *) p;
+    T         w = 0;
 #pragma unroll
     for (int i = 0; i < n; ++i) {
-        w |= (T) q[i] << (16 * i);
+        w |= (T) q[i] << (8 * sizeof(W) * i);
     }
     return w;
 }
 
-// the n 32-bit words at p (4-byte aligned) as one integer, the first in the low bits
+// n 16-bit words (p 2-byte aligned) / n 32-bit words (p 4-byte aligned)
+template <int n, typename T>
+static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * __restrict__ p) {
+    return tq_fa_ldw<uint16_t, n, T>(p);
+}
+
 template <int n, typename T>
 static __device__ __forceinline__ T tq_fa_ld32(const uint8_t * __restrict__ p) {
-    const uint32_t * q = (const uint32_t *) p;
-    T                w = 0;
-#pragma unroll
-    for (int i = 0; i < n; ++i) {
-        w |= (T) q[i] << (32 * i);
-    }
-    return w;
+    return tq_fa_ldw<uint32_t, n, T>(p);
 }
 
 // V: the stream bits that decode VS (4 or 8) consecutive values of a block (a trellis window is L bits, a

@@ -62,6 +62,41 @@ static __device__ __forceinline__ int tq_fa_rs_col(const int lane) {
     return c;
 }
 
+// where a block of either kernel form works: KV head, query-column group, sequence, KV split and its rows
+struct tq_fa_pos {
+    int kvh;
+    int cg;
+    int seq;
+    int split;
+    int kv_begin;
+    int kv_end;
+};
+
+static __device__ __forceinline__ tq_fa_pos tq_fa_block_pos(const tq_fattn_params & p) {
+    tq_fa_pos b;
+    b.kvh      = blockIdx.x / p.n_col_grp;
+    b.cg       = blockIdx.x % p.n_col_grp;
+    b.seq      = blockIdx.y;
+    b.split    = blockIdx.z;
+    b.kv_begin = b.split * p.kv_per_split;
+    b.kv_end   = min(p.n_kv, b.kv_begin + p.kv_per_split);
+    return b;
+}
+
+// calls chunk(kv0, full) for each of a warp's chunks of 32 rows in the block's rows (the warps take turns);
+// full: std::true_type when all 32 rows are below kv_end
+template <class chunk_t>
+static __device__ __forceinline__ void tq_fa_for_chunks(const tq_fa_pos & bp, const int warp, chunk_t & chunk) {
+#pragma unroll 1
+    for (int kv0 = bp.kv_begin + warp * WARP_SIZE; kv0 < bp.kv_end; kv0 += TQ_FA_NWARPS * WARP_SIZE) {
+        if (kv0 + WARP_SIZE <= bp.kv_end) {
+            chunk(kv0, std::true_type());
+        } else {
+            chunk(kv0, std::false_type());
+        }
+    }
+}
+
 // the V decode table, VREP copies of each entry side by side (call from all threads, then sync)
 template <ggml_type type_V>
 static __device__ __forceinline__ void tq_fa_fill_vtab(float * s_vtab, const tq_cuda_tab<type_V> & vtab) {
@@ -70,6 +105,14 @@ static __device__ __forceinline__ void tq_fa_fill_vtab(float * s_vtab, const tq_
         s_vtab[i] = vtab.v[i / VREP];
     }
 }
+
+// a block's result, in shared memory: the unnormalized output of each column, each warp's running max and sum
+template <int D, int NC>
+struct tq_fa_result {
+    float out[NC * D];
+    float wm[TQ_FA_NWARPS][NC];
+    float wl[TQ_FA_NWARPS][NC];
+};
 
 // the block's running max mb and sum of exp lb of each column, from its warps' (after a block barrier)
 template <int NC>
@@ -185,21 +228,13 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     __shared__ __align__(16) float s_vtab[FV::ntab * VREP];
     __shared__ __align__(8) float s_ktab[KPAIR ? 2 * 16 : FK::ntab];
     __shared__ float s_p[NW][NC][RW];  // a warp's scores, then probabilities, of its chunk
-    __shared__ float s_out[NC * D];
-    __shared__ float s_wm[NW][NC];
-    __shared__ float s_wl[NW][NC];
+    __shared__ tq_fa_result<D, NC> s_res;
 
     const int tid  = threadIdx.x;
     const int warp = tid / WARP_SIZE;
     const int lane = tid % WARP_SIZE;
 
-    const int kvh   = blockIdx.x / p.n_col_grp;
-    const int cg    = blockIdx.x % p.n_col_grp;
-    const int seq   = blockIdx.y;
-    const int split = blockIdx.z;
-
-    const int kv_begin = split * p.kv_per_split;
-    const int kv_end   = min(p.n_kv, kv_begin + p.kv_per_split);
+    const tq_fa_pos bp = tq_fa_block_pos(p);
 
     tq_fa_fill_vtab<type_V>(s_vtab, vtab);
     if constexpr (KPAIR) {
@@ -224,19 +259,19 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     float        slope[NC];  // ALiBi
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
-        const int gc = cg * NC + c;
+        const int gc = bp.cg * NC + c;
         mrow[c]  = nullptr;
         slope[c] = 1.0f;
         if (gc < p.n_col) {
             const int     t  = gc / p.gqa;
-            const int     h  = kvh * p.gqa + gc % p.gqa;
-            const float * qp = (const float *) (p.Q + seq * p.nb03 + h * p.nb02 + t * p.nb01) + k_ch * KE;
+            const int     h  = bp.kvh * p.gqa + gc % p.gqa;
+            const float * qp = (const float *) (p.Q + bp.seq * p.nb03 + h * p.nb02 + t * p.nb01) + k_ch * KE;
 #pragma unroll
             for (int e = 0; e < KE; ++e) {
                 q[c][e] = p.scale * qp[e];
             }
             if (p.mask) {
-                mrow[c] = (const half *) (p.mask + (seq % p.ne33) * p.nb33 + t * p.nb31);
+                mrow[c] = (const half *) (p.mask + (bp.seq % p.ne33) * p.nb33 + t * p.nb31);
             }
             slope[c] = get_alibi_slope(p.max_bias, h, p.n_head_log2, p.m0, p.m1);
         } else {
@@ -274,8 +309,8 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     }
     __syncthreads();
 
-    const uint8_t * K  = (const uint8_t *) (p.K + seq * p.nb13 + kvh * p.nb12);
-    const uint8_t * V  = (const uint8_t *) (p.V + seq * p.nb23 + kvh * p.nb22);
+    const uint8_t * K  = (const uint8_t *) (p.K + bp.seq * p.nb13 + bp.kvh * p.nb12);
+    const uint8_t * V  = (const uint8_t *) (p.V + bp.seq * p.nb23 + bp.kvh * p.nb22);
     const int64_t   sK = KR * p.nb11;  // from one pass to the next
     const int64_t   sV = VR * p.nb21;
 
@@ -292,7 +327,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         auto                load_v = [&](const int g0) {
 #pragma unroll
             for (int i = 0; i < VG; ++i) {
-                const bool ok = FULL || kv0 + (g0 + i) * VR + v_rg < kv_end;
+                const bool ok = FULL || kv0 + (g0 + i) * VR + v_rg < bp.kv_end;
 #pragma unroll
                 for (int u = 0; u < VE / VS; ++u) {
                     vw[i][u] = ok ? VC::load(vp, v_i0 + u * VS) : 0;
@@ -313,7 +348,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         // V1: the V scale of this lane's row, for the softmax below
         float dv_row = 1.0f;
         if constexpr (V1) {
-            const bool ok = FULL || kv0 + lane < kv_end;
+            const bool ok = FULL || kv0 + lane < bp.kv_end;
             dv_row = ok ? __half2float(*(const half *) (V + (int64_t) (kv0 + lane) * p.nb21)) : 0.0f;
         }
 
@@ -321,7 +356,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         float mv[NC];
 #pragma unroll
         for (int c = 0; c < NC; ++c) {
-            mv[c] = mrow[c] && (FULL || kv0 + lane < kv_end) ? __half2float(mrow[c][kv0 + lane]) : 0.0f;
+            mv[c] = mrow[c] && (FULL || kv0 + lane < bp.kv_end) ? __half2float(mrow[c][kv0 + lane]) : 0.0f;
         }
 
         // ---- scores: Q·K from the codes ----
@@ -332,7 +367,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             uint32_t            kd[KG];
 #pragma unroll
             for (int i = 0; i < KG; ++i) {
-                const bool ok = FULL || kv0 + (g0 + i) * KR + k_rg < kv_end;
+                const bool ok = FULL || kv0 + (g0 + i) * KR + k_rg < bp.kv_end;
                 kw[i] = ok ? KC::load(kp, k_cof) : 0;
                 kd[i] = ok ? *(const uint16_t *) (kp + k_dof) : 0;
                 kp += sK;
@@ -392,7 +427,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
                 s = p.logit_softcap * tanhf(s);
             }
             s = mv[c] == -INFINITY ? -INFINITY : s + slope[c] * mv[c];  // a masked cell counts for nothing
-            if (!FULL && kv0 + lane >= kv_end) {
+            if (!FULL && kv0 + lane >= bp.kv_end) {
                 s = -INFINITY;
             }
             const float m_new  = fmaxf(m[c], warp_reduce_max(s));
@@ -459,14 +494,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
         __syncwarp();  // s_p is rewritten by the next chunk
     };
 
-#pragma unroll 1
-    for (int kv0 = kv_begin + warp * RW; kv0 < kv_end; kv0 += NW * RW) {
-        if (kv0 + RW <= kv_end) {
-            chunk(kv0, std::true_type());
-        } else {
-            chunk(kv0, std::false_type());
-        }
-    }
+    tq_fa_for_chunks(bp, warp, chunk);
 
     // ---- the warp's row groups, then the warps ----
 #pragma unroll
@@ -483,14 +511,14 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     if (lane == 0) {
 #pragma unroll
         for (int c = 0; c < NC; ++c) {
-            s_wm[warp][c] = m[c];
-            s_wl[warp][c] = l[c];
+            s_res.wm[warp][c] = m[c];
+            s_res.wl[warp][c] = l[c];
         }
     }
     __syncthreads();
     float mb[NC];  // the block's max and sum of exp of each column
     float lb[NC];
-    tq_fa_block_ml<NC>(s_wm, s_wl, mb, lb);
+    tq_fa_block_ml<NC>(s_res.wm, s_res.wl, mb, lb);
     float fw[NC];  // this warp's factor
 #pragma unroll
     for (int c = 0; c < NC; ++c) {
@@ -504,14 +532,14 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 #pragma unroll
                 for (int e = 0; e < VE; ++e) {
                     const int i = c * D + v_ch * VE + e;
-                    s_out[i]    = (w == 0 ? 0.0f : s_out[i]) + acc[c][e] * fw[c];
+                    s_res.out[i] = (w == 0 ? 0.0f : s_res.out[i]) + acc[c][e] * fw[c];
                 }
             }
         }
         __syncthreads();
     }
 
-    tq_fa_write_out<D, NC>(p, s_out, mb, lb, kvh, cg, seq, split);
+    tq_fa_write_out<D, NC>(p, s_res.out, mb, lb, bp.kvh, bp.cg, bp.seq, bp.split);
 }
 
 // ---- tensor-core form (tq_k_fattn_mma) ----------------------------------------------------------------------
@@ -659,14 +687,14 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr int  SV   = (RBV + 2 + 3) / 4 * 4;
     // one block per row and codes of a lane a multiple of 4 bytes: a lane's K codes are 4-byte aligned words
     constexpr bool K32  = NB == 1 && (FK::qs_off + 2) % 4 == 0 && (2 * KB) % 4 == 0;
+    // the staging variant up to head size 128 (at 256 the slots would pass 48 KiB of static shared memory)
+    constexpr bool ST   = STAGE && D <= 128;
 
     __shared__ __align__(16) float    s_vtab[FV::ntab * VREP];
     __shared__ uint32_t               s_kpair[NKP];  // f16 pair (level[c & (2^b - 1)], level[c >> b])
     __shared__ __align__(16) uint16_t s_p[NW][8][RW];  // a warp's probabilities (f16): [column][row]
-    __shared__ __align__(16) uint8_t  s_kv[NW][STAGE ? RW * (SK + SV) : 4];  // STAGE: a warp's K rows, V rows
-    __shared__ float                  s_out[NC * D];
-    __shared__ float                  s_wm[NW][NC];
-    __shared__ float                  s_wl[NW][NC];
+    __shared__ __align__(16) uint8_t  s_kv[NW][ST ? RW * (SK + SV) : 4];  // ST: a warp's K rows, V rows
+    __shared__ tq_fa_result<D, NC>    s_res;
 
     const int tid  = threadIdx.x;
     const int warp = tid / WARP_SIZE;
@@ -674,13 +702,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     const int g    = lane / 4;
     const int t    = lane % 4;
 
-    const int kvh   = blockIdx.x / p.n_col_grp;
-    const int cg    = blockIdx.x % p.n_col_grp;
-    const int seq   = blockIdx.y;
-    const int split = blockIdx.z;
-
-    const int kv_begin = split * p.kv_per_split;
-    const int kv_end   = min(p.n_kv, kv_begin + p.kv_per_split);
+    const tq_fa_pos bp = tq_fa_block_pos(p);
 
     tq_fa_fill_vtab<type_V>(s_vtab, vtab);
     for (int i = tid; i < NKP; i += TQ_FA_NTHREADS) {
@@ -690,11 +712,11 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     // B fragments of Q (column g): tile j of block bk holds the dims 64 bk + 16 t + 4 j + (0, 1) and + (2, 3)
     uint32_t qf[NB * 4][2];
     {
-        const int gc = cg * NC + g;
+        const int gc = bp.cg * NC + g;
         const float * qp = nullptr;
         if (g < NC && gc < p.n_col) {
-            const int h = kvh * p.gqa + gc % p.gqa;
-            qp = (const float *) (p.Q + seq * p.nb03 + h * p.nb02 + (gc / p.gqa) * p.nb01);
+            const int h = bp.kvh * p.gqa + gc % p.gqa;
+            qp = (const float *) (p.Q + bp.seq * p.nb03 + h * p.nb02 + (gc / p.gqa) * p.nb01);
         }
 #pragma unroll
         for (int j = 0; j < NB * 4; ++j) {
@@ -712,15 +734,15 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
         const int c  = 2 * t + u;
-        const int gc = cg * NC + c;
+        const int gc = bp.cg * NC + c;
         mrow[u]  = nullptr;
         slope[u] = 1.0f;
         if (c < NC && gc < p.n_col) {
             const int tk = gc / p.gqa;
             if (p.mask) {
-                mrow[u] = (const half *) (p.mask + (seq % p.ne33) * p.nb33 + tk * p.nb31);
+                mrow[u] = (const half *) (p.mask + (bp.seq % p.ne33) * p.nb33 + tk * p.nb31);
             }
-            slope[u] = get_alibi_slope(p.max_bias, kvh * p.gqa + gc % p.gqa, p.n_head_log2, p.m0, p.m1);
+            slope[u] = get_alibi_slope(p.max_bias, bp.kvh * p.gqa + gc % p.gqa, p.n_head_log2, p.m0, p.m1);
         }
     }
 
@@ -746,8 +768,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     }
     __syncthreads();
 
-    const uint8_t * K = (const uint8_t *) (p.K + seq * p.nb13 + kvh * p.nb12);
-    const uint8_t * V = (const uint8_t *) (p.V + seq * p.nb23 + kvh * p.nb22);
+    const uint8_t * K = (const uint8_t *) (p.K + bp.seq * p.nb13 + bp.kvh * p.nb12);
+    const uint8_t * V = (const uint8_t *) (p.V + bp.seq * p.nb23 + bp.kvh * p.nb22);
 
     // row strides as 32-bit offsets within a chunk (tq_cuda_fattn_applies: even, and below INT32_MAX / 512)
     const int nb11 = (int) p.nb11;
@@ -758,17 +780,17 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     auto chunk = [&](const int kv0, auto full) {
         constexpr bool FULL = decltype(full)::value;
 
-        // where the chunk's rows are read: STAGE, from this warp's slots, copied there first (rows past kv_end as
+        // where the chunk's rows are read: ST, from this warp's slots, copied there first (rows past kv_end as
         // zeros: scale 0, so their K scores and V values are 0, and the softmax gives those rows no weight); else
         // from the cache, rows past kv_end skipped
         const uint8_t * kb;
         const uint8_t * vb;
         int             kst;
         int             vst;
-        if constexpr (STAGE) {
+        if constexpr (ST) {
             tq_fa_stage_rows<RBK / 2, RBV / 2, SK, SV>(sk, sv, (const uint16_t *) (K + (int64_t) kv0 * p.nb11),
                                                        (const uint16_t *) (V + (int64_t) kv0 * p.nb21), nb11 / 2,
-                                                       nb21 / 2, FULL ? RW : kv_end - kv0, lane);
+                                                       nb21 / 2, FULL ? RW : bp.kv_end - kv0, lane);
             __syncwarp();
             kb  = sk + 2;
             kst = SK;
@@ -785,8 +807,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         float s[4][2];
 #pragma unroll
         for (int rt = 0; rt < 2; ++rt) {
-            const bool      ok0 = STAGE || FULL || kv0 + 16 * rt + g < kv_end;
-            const bool      ok1 = STAGE || FULL || kv0 + 16 * rt + g + 8 < kv_end;
+            const bool      ok0 = ST || FULL || kv0 + 16 * rt + g < bp.kv_end;
+            const bool      ok1 = ST || FULL || kv0 + 16 * rt + g + 8 < bp.kv_end;
             const uint8_t * k0  = kb + (16 * rt + g) * kst;
             const uint8_t * k1  = k0 + 8 * kst;
             float sc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
@@ -795,7 +817,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
                 const int cof = bk * FK::bs + FK::qs_off + 2 * KB * t;
                 kword_t   w0  = 0;
                 kword_t   w1  = 0;
-                if constexpr (STAGE && K32) {
+                if constexpr (ST && K32) {
                     w0 = tq_fa_ld32<KB / 2, kword_t>(k0 + cof);
                     w1 = tq_fa_ld32<KB / 2, kword_t>(k1 + cof);
                 } else {
@@ -831,7 +853,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int  row = kv0 + 16 * (q / 2) + g + 8 * (q % 2);
-            const bool ok  = FULL || row < kv_end;
+            const bool ok  = FULL || row < bp.kv_end;
             dv[q] = V1 && ok ? __half2float(*(const half *) (vb + (row - kv0) * vst)) : 0.0f;
 #pragma unroll
             for (int u = 0; u < 2; ++u) {
@@ -887,7 +909,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
             float dr[4];  // V scales (a row of several blocks)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                ok[i] = STAGE || FULL || kv0 + 16 * kt + 4 * t + i < kv_end;
+                ok[i] = ST || FULL || kv0 + 16 * kt + 4 * t + i < bp.kv_end;
                 dr[i] = !V1 && ok[i] ? __half2float(*(const half *) (vp + i * vst)) : 1.0f;
             }
 #pragma unroll
@@ -921,14 +943,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         __syncwarp();  // s_p is rewritten by the next chunk
     };
 
-#pragma unroll 1
-    for (int kv0 = kv_begin + warp * RW; kv0 < kv_end; kv0 += NW * RW) {
-        if (kv0 + RW <= kv_end) {
-            chunk(kv0, std::true_type());
-        } else {
-            chunk(kv0, std::false_type());
-        }
-    }
+    tq_fa_for_chunks(bp, warp, chunk);
 
     // ---- the warp's 8 lanes of a column, then the warps ----
 #pragma unroll
@@ -938,14 +953,14 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
             l[u] += __shfl_xor_sync(0xffffffff, l[u], off, WARP_SIZE);
         }
         if (g == 0 && 2 * t + u < NC) {
-            s_wm[warp][2 * t + u] = m[u];
-            s_wl[warp][2 * t + u] = l[u];
+            s_res.wm[warp][2 * t + u] = m[u];
+            s_res.wl[warp][2 * t + u] = l[u];
         }
     }
     __syncthreads();
     float mb[NC];
     float lb[NC];
-    tq_fa_block_ml<NC>(s_wm, s_wl, mb, lb);
+    tq_fa_block_ml<NC>(s_res.wm, s_res.wl, mb, lb);
     float fw[2];  // this warp's factor of the lane's columns
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
@@ -966,7 +981,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
                     const int c = 2 * t + r % 2;  // c0, c1: dim slot g; c2, c3: slot g + 8
                     if (c < NC) {
                         const int o = c * D + g * DV + 2 * i + r / 2;
-                        s_out[o]    = (w == 0 ? 0.0f : s_out[o]) + acc[i][r] * fw[r % 2];
+                        s_res.out[o] = (w == 0 ? 0.0f : s_res.out[o]) + acc[i][r] * fw[r % 2];
                     }
                 }
             }
@@ -974,7 +989,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         __syncthreads();
     }
 
-    tq_fa_write_out<D, NC>(p, s_out, mb, lb, kvh, cg, seq, split);
+    tq_fa_write_out<D, NC>(p, s_res.out, mb, lb, bp.kvh, bp.cg, bp.seq, bp.split);
 }
 
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
