@@ -22,6 +22,8 @@
 #   TQ_FA_PAIRS    LLAMA_TQ_CUDA_FA_PAIRS: K/V pairs with our decode kernel (default: its default set)
 #   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS")
 #   TQ_TEST_FILTER test-backend-ops -p pattern (e.g. "ktq|vtq": only the llama-tq cases; default: all cases)
+#   TQ_TEST_ENVS   the test-backend-ops runs again under each of these environments, a word each: comma-separated
+#                  assignments or - (none), e.g. "- LLAMA_TQ_CUDA_FA_MMA=1,LLAMA_TQ_CUDA_FA_STAGE=1" (default -)
 #   TQ_SANITIZE=1  compute-sanitizer memcheck (and racecheck: SET_ROWS, CPY, FLASH_ATTN_EXT, TQ_KV_SET_ROWS) on the llama-tq cases
 #                  of TQ_OPS, each run cut at TQ_SANITIZE_TIMEOUT seconds (default 300; rc 124 = cut)
 #   TQ_BENCH=1     llama-bench -fa 1 -p 512 -n 64 over TQ_BENCH_DEPTHS for TQ_BENCH_PAIRS
@@ -136,10 +138,14 @@ TBO=$BLD/bin/test-backend-ops
 say ""
 [ "${TQ_SKIP_TESTS:-0}" = 1 ] && TQ_OPS=""
 [ -n "$TQ_OPS" ] && say "test-backend-ops -b CUDA0 (all cases of the op / llama-tq cases):"
-for op in $TQ_OPS; do
-    stamp "test $op"
+for tenv in ${TQ_TEST_ENVS:--}; do
+  tenv_args=()
+  [ "$tenv" != - ] && IFS=, read -r -a tenv_args <<< "$tenv" && say "  with $tenv:"
+  for op in $TQ_OPS; do
+    stamp "test $op $tenv"
     log=$OUT/test-$op.tmp
-    "$TBO" test -b CUDA0 -o "$op" ${TQ_TEST_FILTER:+-p "$TQ_TEST_FILTER"} 2>&1 | sed 's/\x1b\[[0-9;]*m//g' > "$log"
+    env "${tenv_args[@]}" "$TBO" test -b CUDA0 -o "$op" ${TQ_TEST_FILTER:+-p "$TQ_TEST_FILTER"} 2>&1 \
+        | sed 's/\x1b\[[0-9;]*m//g' > "$log"
     rc=$?
     cat "$log" >> "$OUT/tests.log"
     # case lines: "  OP(params): OK" / ": FAIL" / ": not supported [CUDA0]"
@@ -154,6 +160,7 @@ for op in $TQ_OPS; do
     say "$(printf '  %-15s all: %4d ok %3d fail %4d unsupported | tq: %4d ok %3d fail %3d unsupported | rc %d' "$op" "$ok" "$fail" "$nsup" "$tok" "$tfail" "$tnsup" "$rc")"
     grep -E ": FAIL" "$log" | head -20 | sed 's/^/    /' | tee -a "$SUMMARY"
     rm -f "$log"
+  done
 done
 
 # ---- compute-sanitizer ----
