@@ -9,13 +9,14 @@
 //   - __syncwarp() and __syncthreads() as real barriers: a lane stops there until every lane of its warp (of
 //     its block) has arrived. A barrier that cannot complete (a lane finished, or waits at another barrier)
 //     is reported as an error: CUDA leaves it undefined;
-//   - __shfl_xor_sync() and __shfl_sync() as an exchange through a buffer between two warp barriers, with CUDA's rule for a
-//     width below 32 (a lane of a later group gives the caller its own value);
+//   - __shfl_xor_sync() and __shfl_sync() as an exchange through a buffer between two warp barriers, with
+//     CUDA's rule for a width below 32 (a lane of a later group gives the caller its own value);
 //   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
 //   - __any_sync() as a vote through the same buffer;
 //   - the tensor-core mma of the decode kernel's second form: its own shuffle-based path (TQ_CUDA_EMU);
-//   - __half, float2, uint2, uint4, float4 and the few intrinsics the kernels call (__expf is expf, __funnelshift_r, __float2half_rn
-//     rounds to nearest even, __fmul_rn / __fadd_rn are plain float operations: the build does not contract).
+//   - __half, float2, uint2, uint4, float4 and the few intrinsics the kernels call (__expf is expf,
+//     __funnelshift_r, __float2half_rn rounds to nearest even, __fmul_rn / __fadd_rn are plain float operations:
+//     the build does not contract).
 // Lanes switch only at barriers, in an order the caller picks (forward, backward, or shuffled in every
 // round): a missing barrier shows up as a lane reading shared memory that another lane has not written yet,
 // or has already overwritten. Forward and backward order together expose any such pair of lanes.

@@ -120,7 +120,7 @@ MUTATIONS = [
         DEQUANT,
     ),
     # the converter: the window of value e starts e codes into the read
-    Mutation("dequant-window", "(w >> (F::b * e)) & MASK", "(w >> (F::L * e)) & MASK", DEQUANT),
+    Mutation("dequant-window", "(uint32_t) (w >> (F::b * e)), rep)", "(uint32_t) (w >> (F::L * e)), rep)", DEQUANT),
 ]
 
 

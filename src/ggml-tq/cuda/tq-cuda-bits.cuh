@@ -98,3 +98,33 @@ template <int n>
 static constexpr __host__ __device__ int tq_fa_log2() {
     return n <= 1 ? 0 : 1 + tq_fa_log2<n / 2>();
 }
+
+// the decode table of a type in shared memory, tq_fa_vrep copies of each entry side by side (every thread of the
+// block of NT threads calls it, then a barrier)
+template <ggml_type type, int NT>
+static __device__ __forceinline__ void tq_fa_fill_vtab(float * s_tab, const tq_cuda_tab<type> & tab) {
+    constexpr int REP = tq_fa_vrep<type>();
+    for (int i = threadIdx.x; i < tq_cuda_fmt<type>::ntab * REP; i += NT) {
+        s_tab[i] = tab.v[i / REP];
+    }
+}
+
+// the table value of the window (trellis) or code in the low bits of x, read from the copy at byte offset rep
+// ((lane % tq_fa_vrep) * 4) of a table filled by tq_fa_fill_vtab
+template <ggml_type type>
+static __device__ __forceinline__ float tq_fa_vtab_at(const float * s_tab, const uint32_t x, const uint32_t rep) {
+    using F            = tq_cuda_fmt<type>;
+    constexpr int  SH  = tq_fa_log2<tq_fa_vrep<type>()>() + 2;  // byte shift of an entry
+    constexpr auto MSK = (1u << (F::trellis ? F::L : F::b)) - 1u;
+    return *(const float *) ((const char *) s_tab + (((x & MSK) << SH) | rep));
+}
+
+// two floats as the f16 pair of one register (lo in the low half), rounded to nearest even
+static __device__ __forceinline__ uint32_t tq_fa_h2(const float lo, const float hi) {
+#if defined(TQ_CUDA_EMU)
+    return (uint32_t) __half_as_ushort(__float2half_rn(lo)) | (uint32_t) __half_as_ushort(__float2half_rn(hi)) << 16;
+#else
+    const half2 h = __floats2half2_rn(lo, hi);
+    return *(const uint32_t *) &h;
+#endif
+}

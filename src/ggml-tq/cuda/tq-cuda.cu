@@ -54,11 +54,8 @@ static int tq_cuda_grid(const int64_t n) {
 
 // the eight-values-per-thread converter, unless LLAMA_TQ_CUDA_DEQUANT8=0 (for comparison)
 static bool tq_cuda_dequant8_on() {
-    static const bool on = [] {
-        const char * env = getenv("LLAMA_TQ_CUDA_DEQUANT8");
-        return !(env && strcmp(env, "0") == 0);
-    }();
-    return on;
+    static const char * env = getenv("LLAMA_TQ_CUDA_DEQUANT8");
+    return !(env && strcmp(env, "0") == 0);
 }
 
 template <ggml_type type, typename dst_t>
@@ -66,10 +63,10 @@ static void tq_dequant_cont_cuda(const void * x, dst_t * y, const int64_t k, cud
     if (k <= 0) {
         return;
     }
-    // whole blocks to f16 / f32 into a 16-byte aligned destination (the pool buffers of the FA conversion): eight
-    // values per thread; else (bf16, an unaligned view) one value per thread
+    // f16 / f32 into a 16-byte aligned destination (the pool buffers of the FA conversion): eight values per thread
+    // (k is whole blocks: a row of a llama-tq type is); else (bf16, an unaligned view) one value per thread
     if constexpr (std::is_same<dst_t, half>::value || std::is_same<dst_t, float>::value) {
-        if (k % QK_TQ == 0 && (uintptr_t) y % 16 == 0 && tq_cuda_dequant8_on()) {
+        if ((uintptr_t) y % 16 == 0 && tq_cuda_dequant8_on()) {
             const int64_t n8 = k / 8;
             tq_k_dequant8<type, dst_t><<<tq_cuda_grid(n8), TQ_DQ_THREADS, 0, stream>>>(
                 (const uint8_t *) x, y, n8, tq_cuda_host_tab<type>());
@@ -323,10 +320,12 @@ static void tq_encode_cuda(const Loc & loc, const int64_t nblocks, cudaStream_t 
         static bool carveout_set[GGML_CUDA_MAX_DEVICES] = { false };
         const int   id                                  = ggml_cuda_get_device();
         if (!carveout_set[id]) {
-            CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc, 1>, cudaFuncAttributePreferredSharedMemoryCarveout,
+            CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc, 1>,
+                                            cudaFuncAttributePreferredSharedMemoryCarveout,
                                             cudaSharedmemCarveoutMaxShared));
             CUDA_CHECK(cudaFuncSetAttribute(tq_k_encode_trellis<type, Loc, TQ_VIT_G2_BLOCKS>,
-                                            cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+                                            cudaFuncAttributePreferredSharedMemoryCarveout,
+                                            cudaSharedmemCarveoutMaxShared));
             carveout_set[id] = true;
         }
         if (tq_vit_use_g2(nblocks)) {

@@ -17,13 +17,7 @@
 #define TQ_DQ_THREADS 256
 
 static __device__ __forceinline__ void tq_dq_store8(half * y, const float (&v)[8]) {
-    uint32_t h[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        h[i] = (uint32_t) __half_as_ushort(__float2half_rn(v[2 * i])) |
-               (uint32_t) __half_as_ushort(__float2half_rn(v[2 * i + 1])) << 16;
-    }
-    *(uint4 *) y = make_uint4(h[0], h[1], h[2], h[3]);
+    *(uint4 *) y = make_uint4(tq_fa_h2(v[0], v[1]), tq_fa_h2(v[2], v[3]), tq_fa_h2(v[4], v[5]), tq_fa_h2(v[6], v[7]));
 }
 
 static __device__ __forceinline__ void tq_dq_store8(float * y, const float (&v)[8]) {
@@ -37,20 +31,17 @@ template <ggml_type type, typename dst_t>
 static __global__ void __launch_bounds__(TQ_DQ_THREADS) tq_k_dequant8(const uint8_t * __restrict__ x,
                                                                        dst_t * __restrict__ y, const int64_t n8,
                                                                        const tq_cuda_tab<type> tab) {
-    using F            = tq_cuda_fmt<type>;
-    using VC           = tq_fa_vcodes<type, 8>;
-    constexpr int REP  = tq_fa_vrep<type>();
-    constexpr int RSH  = tq_fa_log2<REP>() + 2;  // byte shift of a table entry
-    constexpr int MASK = (1 << VC::width) - 1;
+    using F           = tq_cuda_fmt<type>;
+    using VC          = tq_fa_vcodes<type, 8>;
+    constexpr int REP = tq_fa_vrep<type>();
 
     __shared__ __align__(16) float s_tab[F::ntab * REP];
-    for (int i = threadIdx.x; i < F::ntab * REP; i += blockDim.x) {
-        s_tab[i] = tab.v[i / REP];
-    }
+    tq_fa_fill_vtab<type, TQ_DQ_THREADS>(s_tab, tab);
     __syncthreads();
     const uint32_t rep = (uint32_t) (threadIdx.x % REP) * 4;
 
-    for (int64_t i8 = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i8 < n8; i8 += (int64_t) gridDim.x * blockDim.x) {
+    const int64_t stride = (int64_t) gridDim.x * blockDim.x;
+    for (int64_t i8 = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i8 < n8; i8 += stride) {
         const uint8_t * blk = x + (i8 >> 3) * F::bs;
         const int       j0  = (int) (i8 & 7) * 8;
         const float     d   = __half2float(*(const half *) blk);
@@ -58,8 +49,7 @@ static __global__ void __launch_bounds__(TQ_DQ_THREADS) tq_k_dequant8(const uint
         float v[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-            const uint32_t off = (((uint32_t) (w >> (F::b * e)) & MASK) << RSH) | rep;
-            v[e] = d * *(const float *) ((const char *) s_tab + off);
+            v[e] = d * tq_fa_vtab_at<type>(s_tab, (uint32_t) (w >> (F::b * e)), rep);
         }
         if constexpr (F::n_out > 0) {
             const uint8_t * op = blk + 2 + 2 * F::n_out;

@@ -97,15 +97,6 @@ static __device__ __forceinline__ void tq_fa_for_chunks(const tq_fa_pos & bp, co
     }
 }
 
-// the V decode table, VREP copies of each entry side by side (call from all threads, then sync)
-template <ggml_type type_V>
-static __device__ __forceinline__ void tq_fa_fill_vtab(float * s_vtab, const tq_cuda_tab<type_V> & vtab) {
-    constexpr int VREP = tq_fa_vrep<type_V>();
-    for (int i = threadIdx.x; i < tq_cuda_fmt<type_V>::ntab * VREP; i += TQ_FA_NTHREADS) {
-        s_vtab[i] = vtab.v[i / VREP];
-    }
-}
-
 // a block's result, in shared memory: the unnormalized output of each column, each warp's running max and sum
 template <int D, int NC>
 struct tq_fa_result {
@@ -215,7 +206,6 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
     constexpr int  VP    = RW / VR;                                         //    passes per chunk
     constexpr int  VG    = VP < LG ? VP : LG;
     constexpr int  VREP  = tq_fa_vrep<type_V>();
-    constexpr int  VSH   = tq_fa_log2<VREP>() + 2;  // byte shift of a V table entry
     constexpr bool KPAIR = FK::b == 2;              // 2-bit K: one lookup gives two levels
     // head size 64: a row is one block, so its K scale multiplies the summed score (not each lane's part) and
     // its V scale goes into the probability in the softmax step (outlier V types keep the scale per value)
@@ -236,7 +226,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 
     const tq_fa_pos bp = tq_fa_block_pos(p);
 
-    tq_fa_fill_vtab<type_V>(s_vtab, vtab);
+    tq_fa_fill_vtab<type_V, TQ_FA_NTHREADS>(s_vtab, vtab);
     if constexpr (KPAIR) {
         if (tid < 16) {
             s_ktab[2 * tid]     = ktab.v[tid & 3];
@@ -461,9 +451,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
                 float       v[VE];
 #pragma unroll
                 for (int e = 0; e < VE; ++e) {
-                    const uint32_t x   = (uint32_t) (vw[i][e / VS] >> (FV::b * (e % VS)));
-                    const uint32_t off = ((x & ((1u << VC::width) - 1u)) << VSH) | v_rep;
-                    v[e] = *(const float *) ((const char *) s_vtab + off);
+                    v[e] = tq_fa_vtab_at<type_V>(s_vtab, (uint32_t) (vw[i][e / VS] >> (FV::b * (e % VS))), v_rep);
                 }
                 if constexpr (FV::n_out > 0) {
 #pragma unroll
@@ -543,16 +531,6 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 }
 
 // ---- tensor-core form (tq_k_fattn_mma) ----------------------------------------------------------------------
-
-// two floats as the f16 pair of one register (lo in the low half), rounded to nearest even
-static __device__ __forceinline__ uint32_t tq_fa_h2(const float lo, const float hi) {
-#if defined(TQ_CUDA_EMU)
-    return (uint32_t) __half_as_ushort(__float2half_rn(lo)) | (uint32_t) __half_as_ushort(__float2half_rn(hi)) << 16;
-#else
-    const half2 h = __floats2half2_rn(lo, hi);
-    return *(const uint32_t *) &h;
-#endif
-}
 
 // c (16 x 8, f32) += A (16 x 16, f16) * B (16 x 8, f16): PTX mma.m16n8k16.row.col with its register fragments;
 // lane = 4 g + t holds a0 = A[g][2t, 2t+1], a1 = A[g+8][2t, 2t+1], a2 = A[g][2t+8, 2t+9], a3 = A[g+8][2t+8, 2t+9],
@@ -677,7 +655,6 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr int  VS   = 8;                   //    values per stream read
     constexpr int  NMT  = D / 16;              //    m-tiles (two dims of each lane)
     constexpr int  VREP = tq_fa_vrep<type_V>();
-    constexpr int  VSH  = tq_fa_log2<VREP>() + 2;
     constexpr bool V1   = D == QK_TQ;          // a row is one block: its V scale goes into the probability
     using kword_t = typename std::conditional<KB == 2, uint32_t, uint64_t>::type;  // 16 codes of a lane
     using VC      = tq_fa_vcodes<type_V, VS>;
@@ -704,7 +681,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
 
     const tq_fa_pos bp = tq_fa_block_pos(p);
 
-    tq_fa_fill_vtab<type_V>(s_vtab, vtab);
+    tq_fa_fill_vtab<type_V, TQ_FA_NTHREADS>(s_vtab, vtab);
     for (int i = tid; i < NKP; i += TQ_FA_NTHREADS) {
         s_kpair[i] = tq_fa_h2(ktab.v[i & ((1 << KB) - 1)], ktab.v[i >> KB]);
     }
@@ -884,7 +861,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
             for (int q = 0; q < 4; ++q) {
                 const float e = __expf(s[q][u] - m_new);
                 ls += e;
-                s_p[warp][2 * t + u][16 * (q / 2) + g + 8 * (q % 2)] = __half_as_ushort(__float2half_rn(V1 ? e * dv[q] : e));
+                const float pv = V1 ? e * dv[q] : e;
+                s_p[warp][2 * t + u][16 * (q / 2) + g + 8 * (q % 2)] = __half_as_ushort(__float2half_rn(pv));
             }
             l[u] = l[u] * resc[u] + ls;
         }
@@ -920,9 +898,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
                     const typename VC::word_t w = ok[i] ? VC::load(vp + i * vst, v_i0 + sl * VS) : 0;
 #pragma unroll
                     for (int e = 0; e < VS; ++e) {
-                        const uint32_t x   = (uint32_t) (w >> (FV::b * e));
-                        const uint32_t off = ((x & ((1u << VC::width) - 1u)) << VSH) | v_rep;
-                        const float    tv  = *(const float *) ((const char *) s_vtab + off);
+                        const float tv = tq_fa_vtab_at<type_V>(s_vtab, (uint32_t) (w >> (FV::b * e)), v_rep);
                         // several blocks per row: the scale is applied here, within the f16 range (a
                         // value beyond it would be infinite, and 0 * inf a NaN for a row of probability 0)
                         v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);
