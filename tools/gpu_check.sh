@@ -50,6 +50,9 @@
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
 #   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; hd64 random llama)
 #   TQ_PROFILE_PREFILL=1 Nsight Compute: the KV-cache writes' share of the GPU time of a pp512 step (TQ_PROFILE_PAIRS)
+#                  at depth TQ_PROFILE_PREFILL_DEPTH (default 0; deeper: only the attention, conversion and cache-write
+#                  kernels are timed, and of each its last TQ_PROFILE_PREFILL_LAST launches, default 32: the timed step)
+#   TQ_PROFILE_SHAPE random llama of the profiles (default hd64; see TQ_BENCH_SHAPES)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
 #                  "tq_k_fattn_vec:8192 tq_k_encode_trellis:0 tq_k_encode_codebook:0")
@@ -251,8 +254,8 @@ fi
 # Nsight Compute and the hd64 random llama for the profiles: sets NCU and MOD, or says what is missing
 ncu_setup() {
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
-    make_model hd64
-    MOD=$M/rand-hd64-q4_k_m.gguf
+    make_model "${TQ_PROFILE_SHAPE:-hd64}"
+    MOD=$M/rand-${TQ_PROFILE_SHAPE:-hd64}-q4_k_m.gguf
     if [ -z "$NCU" ] || [ ! -f "$MOD" ]; then
         say "profile: ncu or $MOD missing"
         return 1
@@ -309,19 +312,28 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
 fi
 
 # ---- share of the encoders in a prefill step (Nsight Compute) ----
-# TQ_PROFILE_PREFILL=1: every kernel of a llama-bench pp512 run at depth 0 (its warm-up run included) on the hd64
-# random llama, for TQ_PROFILE_PAIRS; prints the GPU time of the KV-cache writes (our encoders; upstream's
-# set_rows for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step)
+# TQ_PROFILE_PREFILL=1: every kernel of a llama-bench pp512 run at depth 0 (its warm-up run included) on the
+# random llama (TQ_PROFILE_SHAPE), for TQ_PROFILE_PAIRS; prints the GPU time of the KV-cache writes (our encoders;
+# upstream's set_rows for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step).
+# At TQ_PROFILE_PREFILL_DEPTH > 0 the run first fills the cache (hundreds of ubatches), so only the kernels that
+# differ between cache types are timed (attention, our f16 conversion, cache writes) and of each only its last
+# TQ_PROFILE_PREFILL_LAST launches (default 32: two per layer of the timed step's 16, e.g. K and V conversion)
 if [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && say "" && ncu_setup; then
+    pdepth=${TQ_PROFILE_PREFILL_DEPTH:-0}
     for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
         ctk=${pair%/*}; ctv=${pair#*/}
-        csv=$OUT/ncu-prefill-$ctk-$ctv.csv
-        stamp "ncu prefill $pair"
-        timeout 300 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
-            "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" -p 512 -n 0 -r 1 \
+        csv=$OUT/ncu-prefill-$ctk-$ctv-$pdepth.csv
+        stamp "ncu prefill $pair depth $pdepth"
+        sel=(); last=()
+        if [ "$pdepth" != 0 ]; then
+            sel=(--kernel-name "regex:tq_k_|flash_attn|set_rows")
+            last=(--last "${TQ_PROFILE_PREFILL_LAST:-32}")
+        fi
+        timeout 500 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum "${sel[@]}" \
+            "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" -p 512 -n 0 -r 1 -d "$pdepth" \
             > "$csv" 2> "$OUT/ncu.err" || say "  ncu prefill $pair rc $?"
-        python3 "$ROOT/tools/ncu_share.py" "$csv" --label "prefill pp512 $pair" --part 'tq_k_encode|set_rows' \
-            | tee -a "$SUMMARY"
+        python3 "$ROOT/tools/ncu_share.py" "$csv" --label "prefill pp512 $pair depth $pdepth" \
+            --part 'tq_k_encode|set_rows' "${last[@]}" | tee -a "$SUMMARY"
     done
 fi
 

@@ -6,6 +6,8 @@ prints them. Standard library only (it runs on the bare GPU machine).
         per kernel: launches, microseconds per launch and per step (steps: decode steps the run made)
     python3 tools/ncu_share.py ncu.csv --label "prefill" --part 'tq_k_encode|set_rows'
         also the share of all kernel time that the kernels matching --part take
+    python3 tools/ncu_share.py ncu.csv --label "pp512 at depth 131072" --last 32
+        only the last 32 launches of each kernel (a run that first fills a deep cache: the timed step's launches)
 """
 
 from __future__ import annotations
@@ -61,6 +63,19 @@ def summarize(times: list[tuple[str, float]]) -> dict[str, tuple[int, float]]:
     return {n: (cnt[n], tot[n]) for n in tot}
 
 
+def last_launches(times: list[tuple[str, float]], n: int) -> list[tuple[str, float]]:
+    """Only the last n launches of each kernel, in their order (n >= 1)."""
+    if n < 1:
+        raise NcuCsvError(f"--last must be at least 1, not {n}")
+    seen: dict[str, int] = defaultdict(int)
+    keep = []
+    for name, us in reversed(times):
+        seen[name] += 1
+        if seen[name] <= n:
+            keep.append((name, us))
+    return keep[::-1]
+
+
 def share(times: list[tuple[str, float]], pattern: str) -> tuple[float, float]:
     """(microseconds of the kernels whose name matches pattern, microseconds of all kernels)."""
     rx = re.compile(pattern)
@@ -88,10 +103,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--label", default="")
     ap.add_argument("--steps", type=int, default=None, help="divide each kernel's total by this many steps")
     ap.add_argument("--part", default=None, help="regex: print the share of the kernels it matches")
+    ap.add_argument("--last", type=int, default=None, help="only the last this many launches of each kernel")
     args = ap.parse_args(argv)
     try:
-        text = args.csv.read_text(errors="replace")
-        print(report(read_times(text, str(args.csv)), args.label, args.steps, args.part))
+        text  = args.csv.read_text(errors="replace")
+        times = read_times(text, str(args.csv))
+        if args.last is not None:
+            times = last_launches(times, args.last)
+        print(report(times, args.label, args.steps, args.part))
     except (OSError, NcuCsvError, re.error) as e:
         print(f"ncu_share: {e}", file=sys.stderr)
         return 1

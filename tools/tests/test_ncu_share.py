@@ -71,3 +71,21 @@ def test_no_table_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[st
     good.write_text(csv_text([row(0, "void k()", "us", "5"), row(1, "void j()", "us", "15")]))
     assert ns.main([str(good), "--label", "t", "--part", "^k$"]) == 0
     assert "5.0 of 20.0 us = 25.00 %" in capsys.readouterr().out
+
+
+def test_last_launches_per_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # a deep-cache run: the fill's launches first, the timed step's last; a kernel can stop early (k ends at 3)
+    times = [("fa", 1.0), ("k", 10.0), ("fa", 2.0), ("k", 20.0), ("fa", 3.0), ("k", 30.0), ("fa", 4.0)]
+    assert ns.last_launches(times, 2) == [("k", 20.0), ("fa", 3.0), ("k", 30.0), ("fa", 4.0)]
+    assert ns.last_launches(times, 1) == [("k", 30.0), ("fa", 4.0)]
+    assert ns.last_launches(times, 9) == times
+    with pytest.raises(ns.NcuCsvError, match="at least 1"):
+        ns.last_launches(times, 0)
+    f = tmp_path / "deep.csv"
+    f.write_text(csv_text([row(i, f"void {n}()", "us", str(us)) for i, (n, us) in enumerate(times)]))
+    assert ns.main([str(f), "--last", "2", "--part", "^k$"]) == 0
+    out = capsys.readouterr().out
+    assert "25.00 us each" in out and "3.50 us each" in out
+    assert "50.0 of 57.0 us" in out
+    assert ns.main([str(f), "--last", "0"]) == 1
+    assert "at least 1" in capsys.readouterr().err
