@@ -40,7 +40,8 @@
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
 #                  two launches instead of one; label <shape>+no-kv-fusion)
 #   TQ_BENCH_SHAPES random-weight llamas to time (default "hd64"; hd64: 16L d2048 32 heads, 8 KV heads x 64;
-#                  hd128: 16L d2048 16 heads, 8 KV heads x 128); records of all shapes go to $OUT/kv_speed (benchmarks/kv_speed.py)
+#                  hd128: 16L d2048 16 heads, 8 KV heads x 128; hd128g4: 16 heads, 4 KV heads x 128, 4 query heads per KV
+#                  head as Llama-3-8B or Mistral-7B); records of all shapes go to $OUT/kv_speed (benchmarks/kv_speed.py)
 #   TQ_QUALITY=1   KLD vs f16 KV on CUDA (llama-perplexity, same settings as benchmarks/kv_quality.py): needs the
 #                  SmolLM2 Q4_1 GGUF as TQ_MODEL (or its halves .carry*/smol.part-*, e.g. .carry0/ and .carry1/ on two calls) and .carry/eval.txt;
 #                  logs packed into $OUT/quality.tar.gz (make the table here with kv_quality.py --from-logs)
@@ -202,6 +203,7 @@ make_model() {  # shape -> $M/rand-<shape>-q4_k_m.gguf
     case $shape in
         hd64)  dims=(--heads 32 --kv-heads 8 --head-dim 64) ;;
         hd128) dims=(--heads 16 --kv-heads 8 --head-dim 128) ;;
+        hd128g4) dims=(--heads 16 --kv-heads 4 --head-dim 128) ;;
         *) say "unknown shape $shape"; return 1 ;;
     esac
     [ -f "$M/rand-$shape-q4_k_m.gguf" ] && return 0
