@@ -49,10 +49,11 @@
 #   TQ_QUALITY_UB  llama-perplexity -ub (default 512: prefill path; 8: every step goes through the decode kernel)
 #                  the model halves may travel on separate calls: each is kept in $TQ_BUILD/quality/parts
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
-#   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; hd64 random llama)
+#   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; TQ_PROFILE_SHAPE)
 #   TQ_PROFILE_PREFILL=1 Nsight Compute: the KV-cache writes' share of the GPU time of a pp512 step (TQ_PROFILE_PAIRS)
 #                  at depth TQ_PROFILE_PREFILL_DEPTH (default 0; deeper: only the attention, conversion and cache-write
-#                  kernels are timed, and of each its last TQ_PROFILE_PREFILL_LAST launches, default 32: the timed step)
+#                  kernels are timed, and of each its last TQ_PROFILE_PREFILL_LAST launches, default 32: the timed step;
+#                  no share then, as the other kernels are not timed)
 #   TQ_PROFILE_SHAPE random llama of the profiles (default hd64; see TQ_BENCH_SHAPES)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
@@ -253,7 +254,7 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
     grep -E "^\|" "$OUT/kv_speed/speed.md" 2>/dev/null | tee -a "$SUMMARY"
 fi
 
-# Nsight Compute and the hd64 random llama for the profiles: sets NCU and MOD, or says what is missing
+# Nsight Compute and the random llama of the profiles (TQ_PROFILE_SHAPE): sets NCU and MOD, or says what is missing
 ncu_setup() {
     NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     make_model "${TQ_PROFILE_SHAPE:-hd64}"
@@ -266,7 +267,7 @@ ncu_setup() {
 
 # ---- per-kernel decode times (Nsight Compute) ----
 # TQ_PROFILE=1: ncu times every decode-step kernel of interest (our encoders and decode kernel, upstream's
-# SET_ROWS and vec FA) for TQ_PROFILE_PAIRS at TQ_PROFILE_DEPTHS on the hd64 random llama (made on first use);
+# SET_ROWS and vec FA) for TQ_PROFILE_PAIRS at TQ_PROFILE_DEPTHS on the TQ_PROFILE_SHAPE random llama (made on first use);
 # the table lists the mean microseconds per launch and per token (tools/ncu_share.py). Encoders are left out at
 # depth > 0 (the depth prefill would launch them thousands of times).
 if [ "${TQ_PROFILE:-0}" = 1 ]; then
@@ -319,23 +320,24 @@ fi
 # upstream's set_rows for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step).
 # At TQ_PROFILE_PREFILL_DEPTH > 0 the run first fills the cache (hundreds of ubatches), so only the kernels that
 # differ between cache types are timed (attention, our f16 conversion, cache writes) and of each only its last
-# TQ_PROFILE_PREFILL_LAST launches (default 32: two per layer of the timed step's 16, e.g. K and V conversion)
+# TQ_PROFILE_PREFILL_LAST launches (default 32: two per layer of the timed step's 16, e.g. K and V conversion);
+# no share of the step's time then (its other kernels are not timed)
 if [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && say "" && ncu_setup; then
     pdepth=${TQ_PROFILE_PREFILL_DEPTH:-0}
     for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
         ctk=${pair%/*}; ctv=${pair#*/}
         csv=$OUT/ncu-prefill-$ctk-$ctv-$pdepth.csv
         stamp "ncu prefill $pair depth $pdepth"
-        sel=(); last=()
+        sel=(); view=(--part 'tq_k_encode|set_rows')
         if [ "$pdepth" != 0 ]; then
             sel=(--kernel-name "regex:tq_k_|flash_attn|set_rows")
-            last=(--last "${TQ_PROFILE_PREFILL_LAST:-32}")
+            view=(--last "${TQ_PROFILE_PREFILL_LAST:-32}")
         fi
         timeout 500 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum "${sel[@]}" \
             "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" -p 512 -n 0 -r 1 -d "$pdepth" \
             > "$csv" 2> "$OUT/ncu.err" || say "  ncu prefill $pair rc $?"
-        python3 "$ROOT/tools/ncu_share.py" "$csv" --label "prefill pp512 $pair depth $pdepth" \
-            --part 'tq_k_encode|set_rows' "${last[@]}" | tee -a "$SUMMARY"
+        python3 "$ROOT/tools/ncu_share.py" "$csv" --label "prefill pp512 $pair depth $pdepth" "${view[@]}" \
+            | tee -a "$SUMMARY"
     done
 fi
 

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--last", type=int, default=None, help="only the last this many launches of each kernel")
     args = ap.parse_args(argv)
     try:
-        text  = args.csv.read_text(errors="replace")
+        text = args.csv.read_text(errors="replace")
         times = read_times(text, str(args.csv))
         if args.last is not None:
             times = last_launches(times, args.last)
