@@ -10,8 +10,8 @@
 # build test-backend-ops (+ llama-bench, llama-quantize with TQ_BENCH=1), run test-backend-ops -b CUDA0
 # for SET_ROWS, GET_ROWS, CPY, FLASH_ATTN_EXT (all cases: ours and upstream's), optionally
 # compute-sanitizer memcheck on our cases (TQ_SANITIZE=1) and a llama-bench sweep on a random-weight
-# llama (TQ_BENCH=1). Logs go to $OUT (at most 8 files come back from the device tool); a short table is
-# printed last.
+# llama (TQ_BENCH=1). Logs go to $OUT and, at exit, into $OUT/logs.tar.gz beside summary.txt, the speed records
+# and the quality logs (at most 8 files come back from the device tool); a short table is printed last.
 #
 # Environment:
 #   OUT            output folder (default ./gpu-check-out)
@@ -74,6 +74,20 @@ mkdir -p "$OUT" "$TQ_BUILD"
 SUMMARY=$OUT/summary.txt
 : > "$SUMMARY"
 say() { echo "$*" | tee -a "$SUMMARY"; }
+
+# the device tool brings back at most 8 files: at exit (a cut by timeout included) every file under $OUT but the
+# summary, the speed records (kv_speed/speed.jsonl, speed.png) and archives goes into $OUT/logs.tar.gz
+pack_out() {
+    (
+        cd "$OUT" || exit 0
+        mapfile -t files < <(find . -type f ! -name summary.txt ! -name '*.tar.gz' ! -path ./kv_speed/speed.jsonl \
+            ! -path ./kv_speed/speed.png | sed 's|^\./||' | sort)
+        [ "${#files[@]}" -gt 0 ] || exit 0
+        tar czf logs.tar.gz.part "${files[@]}" && mv logs.tar.gz.part logs.tar.gz && rm -f "${files[@]}"
+    )
+}
+trap pack_out EXIT
+trap 'exit 143' TERM INT
 t0=$(date +%s)
 stamp() { echo "[$(( $(date +%s) - t0 ))s] $*"; }
 
