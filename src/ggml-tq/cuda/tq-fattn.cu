@@ -93,10 +93,11 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
 // tensor-core form that stages each chunk's rows in shared memory first. The tensor-core form only for a V type
 // without outlier slots, with sm_80 or later in the build and on the device. LLAMA_TQ_CUDA_FA_MMA=1 takes it
 // wherever it can run, =0 never; by default it is taken where it measured faster than the vector form on the H200
-// (docs/results.md): head size 64 with 4 or more query columns (hd64, GQA 4, depth 131072: tg 387.1 vs 359.6
-// t/s); at head size 128 with 2 columns (GQA 2) it was slower (tg 268.6 vs 288.5 t/s): 6 of its 8 mma columns
-// idle there. LLAMA_TQ_CUDA_FA_STAGE=1 picks the staging variant where the tensor-core form runs (for
-// comparison: on the H200 within the direct form's spread, tg 387.5 vs 386.5 t/s at 131072).
+// (docs/results.md): head sizes 64 and 128 with 4 or more query columns (depth 131072: hd64, GQA 4, tg 387.1 vs
+// 359.6 t/s; hd128, GQA 4, tg 355.5 vs 299.6 t/s); at head size 128 with 2 columns (GQA 2) it was slower (tg 268.6
+// vs 288.5 t/s): 6 of its 8 mma columns idle there. Head size 256 is unmeasured: the vector form.
+// LLAMA_TQ_CUDA_FA_STAGE=1 picks the staging variant where the tensor-core form runs (for comparison: on the H200
+// within the direct form's spread, tg 387.5 vs 386.5 t/s at 131072).
 static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int D, const int NC) {
     if (TQ_GGML_TO_TQ(type_V) >= TQ_TYPE_VTQ2_3 || !ampere_mma_available(ggml_cuda_info().devices[device].cc)) {
         return 0;
@@ -110,7 +111,7 @@ static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int 
     if (env && strcmp(env, "1") == 0) {
         return form;
     }
-    return D == 64 && NC >= 4 ? form : 0;
+    return D <= 128 && NC >= 4 ? form : 0;
 }
 
 #define TQ_FA_COMBINE_THREADS 256
