@@ -15,8 +15,8 @@
 //   - __any_sync() as a vote through the same buffer;
 //   - the tensor-core mma of the decode kernel's second form: its own shuffle-based path (TQ_CUDA_EMU);
 //   - __half, float2, uint2, uint4, float4 and the few intrinsics the kernels call (__expf is expf,
-//     __funnelshift_r, __float2half_rn rounds to nearest even, __fmul_rn / __fadd_rn are plain float operations:
-//     the build does not contract).
+//     __funnelshift_r, __byte_perm, __float2half_rn rounds to nearest even, __fmul_rn / __fadd_rn are plain
+//     float operations: the build does not contract).
 // Lanes switch only at barriers, in an order the caller picks (forward, backward, or shuffled in every
 // round): a missing barrier shows up as a lane reading shared memory that another lane has not written yet,
 // or has already overwritten. Forward and backward order together expose any such pair of lanes.
@@ -250,6 +250,17 @@ static inline float4 make_float4(const float x, const float y, const float z, co
 
 static inline uint32_t __funnelshift_r(const uint32_t lo, const uint32_t hi, const uint32_t shift) {
     return (uint32_t) ((((uint64_t) hi << 32) | lo) >> (shift & 31));
+}
+
+// byte s of the result = byte (selector nibble s of sel, low 3 bits) of the 8 bytes y:x (CUDA's __byte_perm
+// without the sign-replicate mode, which the kernels never ask for)
+static inline uint32_t __byte_perm(const uint32_t x, const uint32_t y, const uint32_t sel) {
+    const uint64_t b = ((uint64_t) y << 32) | x;
+    uint32_t       r = 0;
+    for (int i = 0; i < 4; ++i) {
+        r |= (uint32_t) ((b >> (8 * ((sel >> (4 * i)) & 7u))) & 0xffu) << (8 * i);
+    }
+    return r;
 }
 
 using std::isfinite;

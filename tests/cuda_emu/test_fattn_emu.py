@@ -17,7 +17,8 @@ form tq_k_fattn_mma (`--mma`: its mma.m16n8k16 emulated by shuffles; every V typ
 inputs, so a tolerance of 4e-3, MMA_TOL), in forward and backward order, and the short cases through its
 variant that stages each chunk's rows in shared memory (`--mma-stage`). Mutated copies of the kernel (a barrier
 removed in either form or after the staging copy, the outlier slot order swapped, the 3-bit K code alignment
-dropped, the P fragment's row pairs swapped, the V block scale dropped) must fail.
+dropped, the P fragment's row pairs swapped, the V block scale dropped, in vtq2's pair-table path the scale
+dropped or two rows of an A register swapped) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers (a shuffle synchronizes the lanes
 here, so the __syncwarp at the end of a chunk, whose accesses a shuffle also separates, can be removed
@@ -180,9 +181,27 @@ MUTATIONS = [
     # tensor-core form: rows of several V blocks (head size 128, 256) need each block's scale
     Mutation(
         "mma-v-scale",
-        "                        v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);\n",
-        "                        v[i][e] = tv;\n",
+        "                            v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);\n",
+        "                            v[i][e] = tv;\n",
         "X(KTQ4, VTQ2_1)",
+        48,
+        MMA_ARGS,
+    ),
+    # tensor-core form, vtq2's pair table: the same scale, on a pair of f16 values
+    Mutation(
+        "mma-vpair-scale",
+        "                            pr[i][mm] = V1 ? h : tq_fa_h2_scale(h, dr[i]);\n",
+        "                            pr[i][mm] = h;\n",
+        "X(KTQ4, VTQ2_2)",
+        48,
+        MMA_ARGS,
+    ),
+    # tensor-core form, vtq2's pair table: the two rows of an A register swapped (rows 0 and 1 of a dim)
+    Mutation(
+        "mma-vpair-rows",
+        "                            __byte_perm(pr[0][mm], pr[1][mm], 0x5410),  // dim 2 mm of rows 0, 1\n",
+        "                            __byte_perm(pr[0][mm], pr[1][mm], 0x1054),  // dim 2 mm of rows 0, 1\n",
+        "X(KTQ2, VTQ2_2)",
         48,
         MMA_ARGS,
     ),

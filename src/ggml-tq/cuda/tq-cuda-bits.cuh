@@ -128,3 +128,58 @@ static __device__ __forceinline__ uint32_t tq_fa_h2(const float lo, const float 
     return *(const uint32_t *) &h;
 #endif
 }
+
+// V pair table of a 2-bit trellis type (vtq2): entry x (a window of L + 2 stream bits) holds the f16 levels of two
+// consecutive values, level[x & (2^L - 1)] in the low half and level[x >> 2] in the high half; TQ_FA_VPREP copies
+// side by side (16 KiB), lane l reads copy l % TQ_FA_VPREP. One lookup gives two values, already in f16: for the
+// tensor-core form, whose V enters the mma as f16 (the vector form keeps its f32 table, tq_fa_vtab_at)
+#define TQ_FA_VPREP 4
+
+template <ggml_type type_V>
+static constexpr __host__ __device__ bool tq_fa_vpair() {
+    return tq_cuda_fmt<type_V>::trellis && tq_cuda_fmt<type_V>::b == 2;
+}
+
+template <ggml_type type_V>
+static constexpr __host__ __device__ int tq_fa_vpair_ntab() {
+    return 1 << (tq_cuda_fmt<type_V>::L + tq_cuda_fmt<type_V>::b);
+}
+
+// the pair of the window in the low L + 2 bits of x, from the copy at byte offset rep ((lane % TQ_FA_VPREP) * 4)
+template <ggml_type type>
+static __device__ __forceinline__ uint32_t tq_fa_vpair_at(const uint32_t * s_tab, const uint32_t x,
+                                                          const uint32_t rep) {
+    constexpr int  SH  = tq_fa_log2<TQ_FA_VPREP>() + 2;
+    constexpr auto MSK = (uint32_t) tq_fa_vpair_ntab<type>() - 1u;
+    return *(const uint32_t *) ((const char *) s_tab + (((x & MSK) << SH) | rep));
+}
+
+// fills the pair table (every thread of the block of NT threads calls it, then a barrier)
+template <ggml_type type, int NT>
+static __device__ __forceinline__ void tq_fa_fill_vpair(uint32_t * s_tab, const tq_cuda_tab<type> & tab) {
+    using F           = tq_cuda_fmt<type>;
+    constexpr int MSK = (1 << F::L) - 1;
+    for (int i = threadIdx.x; i < tq_fa_vpair_ntab<type>() * TQ_FA_VPREP; i += NT) {
+        const int x = i / TQ_FA_VPREP;
+        s_tab[i]    = tq_fa_h2(tab.v[x & MSK], tab.v[x >> F::b]);
+    }
+}
+
+// the f16 pair h times d (an f16 value, as a float), each half rounded once to nearest even and clamped to the f16
+// range (a value beyond it would be infinite, and 0 * inf a NaN for a row of probability 0). The product of two
+// f16 values is exact in f32, so the emulation's f32 product, clamp and rounding give what __hmul2 and the clamp do
+#define TQ_FA_F16_MAX 65504.0f
+
+static __device__ __forceinline__ uint32_t tq_fa_h2_scale(const uint32_t h, const float d) {
+#if defined(TQ_CUDA_EMU)
+    const float lo = __half2float(__ushort_as_half((unsigned short) (h & 0xffffu))) * d;
+    const float hi = __half2float(__ushort_as_half((unsigned short) (h >> 16))) * d;
+    return tq_fa_h2(fminf(fmaxf(lo, -TQ_FA_F16_MAX), TQ_FA_F16_MAX),
+                    fminf(fmaxf(hi, -TQ_FA_F16_MAX), TQ_FA_F16_MAX));
+#else
+    const half2 m = __float2half2_rn(TQ_FA_F16_MAX);
+    const half2 x = __hmul2(*(const half2 *) &h, __float2half2_rn(d));
+    const half2 r = __hmax2(__hmin2(x, m), __hneg2(m));
+    return *(const uint32_t *) &r;
+#endif
+}

@@ -9,7 +9,6 @@
 #include <type_traits>
 
 #define TQ_FA_NWARPS (TQ_FA_NTHREADS / WARP_SIZE)
-#define TQ_FA_F16_MAX 65504.0f
 
 // K: the codes of KE consecutive values of a block, read as whole 16-bit words (when a lane's codes can
 // start at an odd byte, one more word, shifted out)
@@ -655,6 +654,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr int  VS   = 8;                   //    values per stream read
     constexpr int  NMT  = D / 16;              //    m-tiles (two dims of each lane)
     constexpr int  VREP = tq_fa_vrep<type_V>();
+    constexpr bool VPR  = tq_fa_vpair<type_V>();  // vtq2: two values per table lookup (tq_fa_vpair_at)
     constexpr bool V1   = D == QK_TQ;          // a row is one block: its V scale goes into the probability
     using kword_t = typename std::conditional<KB == 2, uint32_t, uint64_t>::type;  // 16 codes of a lane
     using VC      = tq_fa_vcodes<type_V, VS>;
@@ -667,7 +667,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     // the staging variant up to head size 128 (at 256 the slots would pass 48 KiB of static shared memory)
     constexpr bool ST   = STAGE && D <= 128;
 
-    __shared__ __align__(16) float    s_vtab[FV::ntab * VREP];
+    __shared__ __align__(16) float    s_vtab[VPR ? tq_fa_vpair_ntab<type_V>() * TQ_FA_VPREP : FV::ntab * VREP];
     __shared__ uint32_t               s_kpair[NKP];  // f16 pair (level[c & (2^b - 1)], level[c >> b])
     __shared__ __align__(16) uint16_t s_p[NW][8][RW];  // a warp's probabilities (f16): [column][row]
     __shared__ __align__(16) uint8_t  s_kv[NW][ST ? RW * (SK + SV) : 4];  // ST: a warp's K rows, V rows
@@ -681,7 +681,11 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
 
     const tq_fa_pos bp = tq_fa_block_pos(p);
 
-    tq_fa_fill_vtab<type_V, TQ_FA_NTHREADS>(s_vtab, vtab);
+    if constexpr (VPR) {
+        tq_fa_fill_vpair<type_V, TQ_FA_NTHREADS>((uint32_t *) s_vtab, vtab);
+    } else {
+        tq_fa_fill_vtab<type_V, TQ_FA_NTHREADS>(s_vtab, vtab);
+    }
     for (int i = tid; i < NKP; i += TQ_FA_NTHREADS) {
         s_kpair[i] = tq_fa_h2(ktab.v[i & ((1 << KB) - 1)], ktab.v[i >> KB]);
     }
@@ -726,7 +730,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     // V lane mapping: dims g DV .. g DV + DV - 1 of a row lie in one block
     const int      v_bof = (g * DV / QK_TQ) * FV::bs;
     const int      v_i0  = (g * DV) % QK_TQ;
-    const uint32_t v_rep = (uint32_t) (lane % VREP) * 4;
+    const uint32_t v_rep = (uint32_t) (lane % (VPR ? TQ_FA_VPREP : VREP)) * 4;
 
     float m[2];
     float l[2];
@@ -892,27 +896,53 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
             }
 #pragma unroll
             for (int sl = 0; sl < DV / VS; ++sl) {  // VS dims of the 4 rows at a time: m-tiles 4 sl .. 4 sl + 3
-                float v[4][VS];
+                if constexpr (VPR) {
+                    // pr[i][mm]: row i's f16 pair of dims 2 mm, 2 mm + 1 (scaled: several blocks per row); an A
+                    // register pairs two rows of one dim, so the pairs of rows 0 and 1 (2 and 3) are interleaved
+                    uint32_t pr[4][VS / 2];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    const typename VC::word_t w = ok[i] ? VC::load(vp + i * vst, v_i0 + sl * VS) : 0;
+                    for (int i = 0; i < 4; ++i) {
+                        const typename VC::word_t w = ok[i] ? VC::load(vp + i * vst, v_i0 + sl * VS) : 0;
 #pragma unroll
-                    for (int e = 0; e < VS; ++e) {
-                        const float tv = tq_fa_vtab_at<type_V>(s_vtab, (uint32_t) (w >> (FV::b * e)), v_rep);
-                        // several blocks per row: the scale is applied here, within the f16 range (a
-                        // value beyond it would be infinite, and 0 * inf a NaN for a row of probability 0)
-                        v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);
+                        for (int mm = 0; mm < VS / 2; ++mm) {
+                            const uint32_t h = tq_fa_vpair_at<type_V>((const uint32_t *) s_vtab,
+                                                                      (uint32_t) (w >> (2 * FV::b * mm)), v_rep);
+                            pr[i][mm] = V1 ? h : tq_fa_h2_scale(h, dr[i]);
+                        }
                     }
-                }
 #pragma unroll
-                for (int mm = 0; mm < VS / 2; ++mm) {
-                    const uint32_t a[4] = {
-                        tq_fa_h2(v[0][2 * mm], v[1][2 * mm]),
-                        tq_fa_h2(v[0][2 * mm + 1], v[1][2 * mm + 1]),
-                        tq_fa_h2(v[2][2 * mm], v[3][2 * mm]),
-                        tq_fa_h2(v[2][2 * mm + 1], v[3][2 * mm + 1]),
-                    };
-                    tq_fa_mma(acc[sl * (VS / 2) + mm], a, b);
+                    for (int mm = 0; mm < VS / 2; ++mm) {
+                        const uint32_t a[4] = {
+                            __byte_perm(pr[0][mm], pr[1][mm], 0x5410),  // dim 2 mm of rows 0, 1
+                            __byte_perm(pr[0][mm], pr[1][mm], 0x7632),  // dim 2 mm + 1
+                            __byte_perm(pr[2][mm], pr[3][mm], 0x5410),
+                            __byte_perm(pr[2][mm], pr[3][mm], 0x7632),
+                        };
+                        tq_fa_mma(acc[sl * (VS / 2) + mm], a, b);
+                    }
+                } else {
+                    float v[4][VS];
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        const typename VC::word_t w = ok[i] ? VC::load(vp + i * vst, v_i0 + sl * VS) : 0;
+#pragma unroll
+                        for (int e = 0; e < VS; ++e) {
+                            const float tv = tq_fa_vtab_at<type_V>(s_vtab, (uint32_t) (w >> (FV::b * e)), v_rep);
+                            // several blocks per row: the scale is applied here, within the f16 range (a
+                            // value beyond it would be infinite, and 0 * inf a NaN for a row of probability 0)
+                            v[i][e] = V1 ? tv : fminf(fmaxf(tv * dr[i], -TQ_FA_F16_MAX), TQ_FA_F16_MAX);
+                        }
+                    }
+#pragma unroll
+                    for (int mm = 0; mm < VS / 2; ++mm) {
+                        const uint32_t a[4] = {
+                            tq_fa_h2(v[0][2 * mm], v[1][2 * mm]),
+                            tq_fa_h2(v[0][2 * mm + 1], v[1][2 * mm + 1]),
+                            tq_fa_h2(v[2][2 * mm], v[3][2 * mm]),
+                            tq_fa_h2(v[2][2 * mm + 1], v[3][2 * mm + 1]),
+                        };
+                        tq_fa_mma(acc[sl * (VS / 2) + mm], a, b);
+                    }
                 }
             }
         }
