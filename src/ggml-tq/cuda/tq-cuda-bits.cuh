@@ -154,14 +154,21 @@ static __device__ __forceinline__ uint32_t tq_fa_vpair_at(const uint32_t * s_tab
     return *(const uint32_t *) ((const char *) s_tab + (((x & MSK) << SH) | rep));
 }
 
-// fills the pair table (every thread of the block of NT threads calls it, then a barrier)
+// fills the pair table, each entry's TQ_FA_VPREP copies with one 16-byte store, from the levels staged in s_lv
+// (ntab floats: the kernel argument's table is read once, at consecutive indices); every thread of the block of NT
+// threads calls it (a barrier inside), then a barrier
 template <ggml_type type, int NT>
-static __device__ __forceinline__ void tq_fa_fill_vpair(uint32_t * s_tab, const tq_cuda_tab<type> & tab) {
+static __device__ __forceinline__ void tq_fa_fill_vpair(uint32_t * s_tab, float * s_lv, const tq_cuda_tab<type> & tab) {
     using F           = tq_cuda_fmt<type>;
     constexpr int MSK = (1 << F::L) - 1;
-    for (int i = threadIdx.x; i < tq_fa_vpair_ntab<type>() * TQ_FA_VPREP; i += NT) {
-        const int x = i / TQ_FA_VPREP;
-        s_tab[i]    = tq_fa_h2(tab.v[x & MSK], tab.v[x >> F::b]);
+    static_assert(TQ_FA_VPREP == 4, "one uint4 per entry");
+    for (int i = threadIdx.x; i < F::ntab; i += NT) {
+        s_lv[i] = tab.v[i];
+    }
+    __syncthreads();
+    for (int x = threadIdx.x; x < tq_fa_vpair_ntab<type>(); x += NT) {
+        const uint32_t h = tq_fa_h2(s_lv[x & MSK], s_lv[x >> F::b]);
+        *(uint4 *) (s_tab + x * TQ_FA_VPREP) = make_uint4(h, h, h, h);
     }
 }
 

@@ -668,6 +668,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr bool ST   = STAGE && D <= 128;
 
     __shared__ __align__(16) float    s_vtab[VPR ? tq_fa_vpair_ntab<type_V>() * TQ_FA_VPREP : FV::ntab * VREP];
+    __shared__ float                  s_vlv[VPR ? FV::ntab : 1];  // VPR: the levels, staged to build s_vtab
     __shared__ uint32_t               s_kpair[NKP];  // f16 pair (level[c & (2^b - 1)], level[c >> b])
     __shared__ __align__(16) uint16_t s_p[NW][8][RW];  // a warp's probabilities (f16): [column][row]
     __shared__ __align__(16) uint8_t  s_kv[NW][ST ? RW * (SK + SV) : 4];  // ST: a warp's K rows, V rows
@@ -682,7 +683,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     const tq_fa_pos bp = tq_fa_block_pos(p);
 
     if constexpr (VPR) {
-        tq_fa_fill_vpair<type_V, TQ_FA_NTHREADS>((uint32_t *) s_vtab, vtab);
+        tq_fa_fill_vpair<type_V, TQ_FA_NTHREADS>((uint32_t *) s_vtab, s_vlv, vtab);
     } else {
         tq_fa_fill_vtab<type_V, TQ_FA_NTHREADS>(s_vtab, vtab);
     }
