@@ -51,9 +51,9 @@
 #   TQ_FINETUNE=1  llama-finetune of SmolLM2 on CUDA (tokens/s and peak VRAM)
 #   TQ_PROFILE=1   Nsight Compute kernel times of a decode step (TQ_PROFILE_PAIRS, TQ_PROFILE_DEPTHS; TQ_PROFILE_SHAPE)
 #   TQ_PROFILE_PREFILL=1 Nsight Compute: the KV-cache writes' share of the GPU time of a pp512 step (TQ_PROFILE_PAIRS)
-#                  at depth TQ_PROFILE_PREFILL_DEPTH (default 0; deeper: only the attention, conversion and cache-write
-#                  kernels are timed, and of each its last TQ_PROFILE_PREFILL_LAST launches, default 32: the timed step;
-#                  no share then, as the other kernels are not timed)
+#                  at depth TQ_PROFILE_PREFILL_DEPTH (default 0; deeper, a multiple of 2048: only the attention,
+#                  conversion and cache-write kernels of the timed step are timed, the fill's skipped by a launch
+#                  count taken from a run at depth 0; no share then, as the other kernels are not timed)
 #   TQ_PROFILE_SHAPE random llama of the profiles (default hd64; see TQ_BENCH_SHAPES)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
@@ -332,24 +332,34 @@ fi
 # TQ_PROFILE_PREFILL=1: every kernel of a llama-bench pp512 run at depth 0 (its warm-up run included) on the
 # random llama (TQ_PROFILE_SHAPE), for TQ_PROFILE_PAIRS; prints the GPU time of the KV-cache writes (our encoders;
 # upstream's set_rows for other types) as a share of all kernel time (issue 5: encoding <= 5 % of a prefill step).
-# At TQ_PROFILE_PREFILL_DEPTH > 0 the run first fills the cache (hundreds of ubatches), so only the kernels that
-# differ between cache types are timed (attention, our f16 conversion, cache writes) and of each only its last
-# TQ_PROFILE_PREFILL_LAST launches (default 32: two per layer of the timed step's 16, e.g. K and V conversion);
-# no share of the step's time then (its other kernels are not timed)
+# At TQ_PROFILE_PREFILL_DEPTH > 0 the run first fills the cache (hundreds of ubatches; timing each of their launches
+# took longer than a device call), so only the kernels that differ between cache types (attention, our f16
+# conversion, cache writes) of the timed step are timed: a run at depth 0 counts their launches in one ubatch, and
+# ncu skips depth / 512 times that many before it times as many; no warm-up run (it would add a ubatch). No share
+# of the step's time then (its other kernels are not timed)
 if [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && say "" && ncu_setup; then
     pdepth=${TQ_PROFILE_PREFILL_DEPTH:-0}
     for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
         ctk=${pair%/*}; ctv=${pair#*/}
         csv=$OUT/ncu-prefill-$ctk-$ctv-$pdepth.csv
         stamp "ncu prefill $pair depth $pdepth"
-        sel=(); view=(--part 'tq_k_encode|set_rows')
+        sel=(); view=(--part 'tq_k_encode|set_rows'); nowarm=()
         if [ "$pdepth" != 0 ]; then
-            sel=(--kernel-name "regex:tq_k_|flash_attn|set_rows")
-            view=(--last "${TQ_PROFILE_PREFILL_LAST:-32}")
+            # the fill is pdepth / 512 ubatches, each launching what the timed one does: count the matching
+            # launches of one ubatch (a run at depth 0), then let ncu skip those of the fill unprofiled
+            sel=(--kernel-name "regex:^(tq_k_|flash_attn_ext|k_set_rows)")
+            nowarm=(--no-warmup)
+            timeout 200 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
+                "${sel[@]}" "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" -p 512 -n 0 -r 1 \
+                -d 0 --no-warmup > "$csv.ub" 2> "$OUT/ncu.err" || say "  ncu prefill $pair (one ubatch) rc $?"
+            per=$(python3 "$ROOT/tools/ncu_share.py" "$csv.ub" --count) || per=0
+            [ "$per" -gt 0 ] || { say "  ncu prefill $pair: no launches counted in one ubatch"; continue; }
+            sel+=(--launch-skip "$(( pdepth / 512 * per ))" --launch-count "$per")
+            view=()
         fi
         timeout 500 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum "${sel[@]}" \
             "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" -p 512 -n 0 -r 1 -d "$pdepth" \
-            > "$csv" 2> "$OUT/ncu.err" || say "  ncu prefill $pair rc $?"
+            "${nowarm[@]}" > "$csv" 2> "$OUT/ncu.err" || say "  ncu prefill $pair rc $?"
         python3 "$ROOT/tools/ncu_share.py" "$csv" --label "prefill pp512 $pair depth $pdepth" "${view[@]}" \
             | tee -a "$SUMMARY"
     done

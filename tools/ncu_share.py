@@ -8,6 +8,9 @@ prints them. Standard library only (it runs on the bare GPU machine).
         also the share of all kernel time that the kernels matching --part take
     python3 tools/ncu_share.py ncu.csv --label "pp512 at depth 131072" --last 32
         only the last 32 launches of each kernel (a run that first fills a deep cache: the timed step's launches)
+    python3 tools/ncu_share.py ncu.csv --count
+        prints only the number of profiled launches (tools/gpu_check.sh: the launches of one ubatch, so that a
+        deep-cache run can skip those of the ubatches that fill the cache)
 """
 
 from __future__ import annotations
@@ -104,10 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="divide each kernel's total by this many steps")
     ap.add_argument("--part", default=None, help="regex: print the share of the kernels it matches")
     ap.add_argument("--last", type=int, default=None, help="only the last this many launches of each kernel")
+    ap.add_argument("--count", action="store_true", help="print only the number of profiled launches")
     args = ap.parse_args(argv)
     try:
         text = args.csv.read_text(errors="replace")
         times = read_times(text, str(args.csv))
+        if args.count:
+            print(len(times))
+            return 0
         if args.last is not None:
             times = last_launches(times, args.last)
         print(report(times, args.label, args.steps, args.part))

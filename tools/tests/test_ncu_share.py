@@ -89,3 +89,17 @@ def test_last_launches_per_kernel(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "50.0 of 57.0 us" in out
     assert ns.main([str(f), "--last", "0"]) == 1
     assert "at least 1" in capsys.readouterr().err
+
+
+def test_count_launches(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # one row per launch and metric: only the time rows count; an empty table counts 0
+    rows = [row(0, "void fa()", "us", "1.0"), row(0, "void fa()", "byte", "5", metric="dram__bytes.sum"),
+            row(1, "void k()", "ns", "500"), row(2, "void fa()", "us", "2.0")]
+    f = tmp_path / "one.csv"
+    f.write_text(csv_text(rows))
+    assert ns.main([str(f), "--count"]) == 0
+    assert capsys.readouterr().out == "3\n"
+    e = tmp_path / "empty.csv"
+    e.write_text("==PROF== Connected to process 1\n")
+    assert ns.main([str(e), "--count"]) == 0
+    assert capsys.readouterr().out == "0\n"
