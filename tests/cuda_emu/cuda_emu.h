@@ -263,6 +263,16 @@ static inline uint32_t __byte_perm(const uint32_t x, const uint32_t y, const uin
     return r;
 }
 
+// thread blocks run one after the other and lanes switch only at barriers: an atomic is a plain read-modify-write,
+// a fence orders nothing that is not already in order
+static inline unsigned atomicAdd(unsigned * p, const unsigned v) {
+    const unsigned old = *p;
+    *p                 = old + v;
+    return old;
+}
+
+static inline void __threadfence() {}
+
 using std::isfinite;
 using std::max;
 using std::min;

@@ -15,6 +15,7 @@
 #include "tq-encode-impl.cuh"
 #include "tq-quants.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -94,7 +95,8 @@ struct type_result {
 };
 
 template <ggml_type type>
-static type_result run_type(const int n_blocks, const uint64_t seed, const double max_diff, const bool verbose) {
+static type_result run_type(const int n_blocks, const uint64_t seed, const double max_diff, const bool verbose,
+                            const emu_order order) {
     using F            = tq_cuda_fmt<type>;
     const int     tq   = TQ_GGML_TO_TQ(type);
     const size_t  bs   = tq_type_size(tq);
@@ -105,6 +107,7 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     std::vector<uint8_t>     gpu((size_t) n_blocks * bs, 0xA5);
     std::vector<uint8_t>     gpu2((size_t) n_blocks * bs, 0xA5);
     std::vector<uint8_t>     gpu3((size_t) n_blocks * bs, 0xA5);  // trellis: V part of the fused K + V kernel
+    std::vector<uint8_t>     gpu4((size_t) n_blocks * bs, 0xA5);  //   and of its form with the passes side by side
     std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
     tq_quantize_row_ref(tq, x.data(), cpu.data(), (int64_t) n_blocks * QK_TQ);
 
@@ -139,6 +142,7 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     const int            tq_k   = TQ_GGML_TO_TQ(type_k);
     const size_t         bs_k   = tq_type_size(tq_k);
     std::vector<uint8_t> gpu_k((size_t) n_blocks * bs_k, 0xA5);
+    std::vector<uint8_t> gpu_k4((size_t) n_blocks * bs_k, 0xA5);
     std::vector<uint8_t> cpu_k((size_t) n_blocks * bs_k, 0x5A);
     if constexpr (F::trellis) {
         tq_quantize_row_ref(tq_k, x.data(), cpu_k.data(), (int64_t) n_blocks * QK_TQ);
@@ -148,7 +152,34 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
         for (int tb = 0; tb < 2 * n_blocks; ++tb) {
             blockIdx = emu_dim3{ (unsigned) tb, 0, 0 };
             emu_run_block(TQ_VIT_THREADS, [&]() {
-                tq_k_encode_kv<type_k, type, emu_loc>(loc_k, P_k, loc3, tab, tmax, n_blocks);
+                tq_k_encode_kv<type_k, type, emu_loc>(loc_k, P_k, loc3, tab, tmax, n_blocks, tq_vit_spec_buf{});
+            });
+        }
+        // and with the two Viterbi passes side by side (tq_encode_trellis_spec: TQ_VIT_SPEC thread blocks per
+        // trellis block) on the first n_spec blocks (each kind twice), its thread blocks in the lane order's
+        // direction (backward: the free pass is the last of a block's to finish, forward: a fixed pass; shuffled:
+        // any), into gpu4 and gpu_k4
+        const int             n_spec = std::min(n_blocks, 24);
+        const int             slot   = 2 + F::qs_bytes;
+        std::vector<uint8_t>  slots((size_t) n_spec * 64 * slot, 0xA5);
+        std::vector<int>      gfix((size_t) n_spec, -1);
+        std::vector<unsigned> ticket((size_t) n_spec, 0);
+        const tq_vit_spec_buf sb{ slots.data(), gfix.data(), ticket.data() };
+        const emu_loc         loc4{ x.data(), gpu4.data(), bs };
+        const emu_loc         loc_k4{ x.data(), gpu_k4.data(), bs_k };
+        std::vector<unsigned> tbs((size_t) (TQ_VIT_SPEC + 1) * n_spec);
+        for (size_t i = 0; i < tbs.size(); ++i) {
+            tbs[i] = (unsigned) i;
+        }
+        if (order == EMU_ORDER_BACKWARD) {
+            std::reverse(tbs.begin(), tbs.end());
+        } else if (order == EMU_ORDER_SHUFFLED) {
+            std::shuffle(tbs.begin(), tbs.end(), std::mt19937_64(seed + 7));
+        }
+        for (const unsigned tb : tbs) {
+            blockIdx = emu_dim3{ tb, 0, 0 };
+            emu_run_block(TQ_VIT_THREADS, [&]() {
+                tq_k_encode_kv<type_k, type, emu_loc>(loc_k4, P_k, loc4, tab, tmax, n_spec, sb);
             });
         }
     }
@@ -194,6 +225,7 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
 
     int n_cmp = 0;  // blocks compared
     // form: 1 the separate kernel (trellis: G = 1), 2 the trellis G = 2 form, 3 the fused kernel's V, 4 its K
+    // (5: the fused kernel's V with the passes side by side, compared with form 1 below)
     auto check = [&](const int tq_t, const size_t bs_t, const std::vector<uint8_t> & out,
                      const std::vector<uint8_t> & ref, const int form) {
         for (int ib = 0; ib < n_blocks; ++ib) {
@@ -226,12 +258,19 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
         // where they would differ from the CPU's
         for (int ib = 0; ib < n_blocks; ++ib) {
             const uint8_t * g1 = &gpu[(size_t) ib * bs];
-            for (const std::vector<uint8_t> * other : { &gpu2, &gpu3 }) {
+            for (const std::vector<uint8_t> * other : { &gpu2, &gpu3, &gpu4 }) {
+                if (other == &gpu4 && ib >= std::min(n_blocks, 24)) {
+                    continue;  // (the side-by-side form ran on the first 24 blocks)
+                }
                 if (memcmp(g1, &(*other)[(size_t) ib * bs], bs) != 0) {
                     ++r.failed;
                     printf("  %s block %d: the trellis forms disagree (form %d)\n", tq_type_name(tq), ib,
-                           other == &gpu2 ? 2 : 3);
+                           other == &gpu2 ? 2 : other == &gpu3 ? 3 : 5);
                 }
+            }
+            if (ib < std::min(n_blocks, 24) && memcmp(&gpu_k[(size_t) ib * bs_k], &gpu_k4[(size_t) ib * bs_k], bs_k)) {
+                ++r.failed;
+                printf("  %s block %d: the K part of the two fused forms disagree\n", tq_type_name(tq), ib);
             }
         }
     }
@@ -285,7 +324,7 @@ int main(int argc, char ** argv) {
     int n_types = 0, n_all = 0, n_diff = 0, n_failed = 0;
 #define X(T, t)                                                                              \
     {                                                                                        \
-        const type_result r = run_type<GGML_TYPE_##T>(n_blocks, seed, max_diff, verbose);    \
+        const type_result r = run_type<GGML_TYPE_##T>(n_blocks, seed, max_diff, verbose, order); \
         ++n_types;                                                                           \
         n_all += n_blocks;                                                                   \
         n_diff += r.differing;                                                               \

@@ -2,7 +2,9 @@
 
 encode_emu.cpp runs the real kernels, tq_k_encode_codebook, tq_k_encode_trellis in both its forms (G = 1: two
 warps per trellis block; G = 2: one warp, two blocks per thread block, an odd block count leaving the last one
-half-empty) and the fused K + V kernel of a decode step (tq_k_encode_kv, ktq2 as K), through the CUDA emulation
+half-empty) and the fused K + V kernel of a decode step (tq_k_encode_kv, ktq2 as K; also with its V blocks' two
+Viterbi passes side by side, on the first 24 blocks of a type, its thread blocks in the lane order's direction or
+shuffled), through the CUDA emulation
 of this folder (64 lanes as coroutines, __syncthreads / __syncwarp / shuffles / __any_sync as real barriers)
 block by block for every llama-tq type, and compares each encoded block with tq_quantize_row_ref of the CPU
 reference (src/ggml-tq, built by tests/formats/conftest.py's build_library). The blocks cover plain, heavy-tailed
@@ -22,7 +24,8 @@ decoder's (f32) and its round-to-nearest-even f16.
 Mutated encoders (ties in the Viterbi minimum going to the higher state, the two-step trace-back reading the
 wrong half of its pointer, the barrier of a Viterbi step removed in both forms or only in the one-warp form,
 weight-0 samples not skipped, a back-pointer read from the wrong ring row or the wrong lane half, the fused
-kernel's V arguments, a value on a decision threshold taking the upper level, the fit's error sums left per lane)
+kernel's V arguments, in its side-by-side form another g_fix's slot copied or a slot holding another g_fix's
+pass, a value on a decision threshold taking the upper level, the fit's error sums left per lane)
 and converters (outlier slots in the wrong order, a window read at the wrong offset) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the locators and launches of
@@ -111,6 +114,18 @@ MUTATIONS = [
         "fit-error-sum",
         "            errs[it] = it < n_it ? tq_cuda_warp_sum(errp[it]) : 0.0;",
         "            errs[it] = it < n_it ? errp[it] : 0.0;",
+    ),
+    # the fused kernel with the Viterbi passes side by side: the last thread block copies another g_fix's slot
+    Mutation(
+        "spec-slot-copy",
+        "const volatile uint8_t * src = sb.slots + (ib * 64 + g) * SLOT;",
+        "const volatile uint8_t * src = sb.slots + (ib * 64 + (g ^ 1)) * SLOT;",
+    ),
+    # ... or slot g holds the fixed pass of another g_fix
+    Mutation(
+        "spec-fixed-pass",
+        "tq_vit_pass<type, 1, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, r - 1, t);",
+        "tq_vit_pass<type, 1, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, r % 64, t);",
     ),
     # the converter: the second outlier slot must win when both name the same position
     Mutation(

@@ -401,22 +401,44 @@ void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
 
 // ---- K and V cache writes of a decode step in one launch ------------------------------------------------
 
+// the V blocks' two Viterbi passes side by side (tq_encode_trellis_spec) when all their thread blocks fit about one
+// wave (8 per SM); LLAMA_TQ_CUDA_NO_VIT_SPEC=1: one after the other, for comparison
+static bool tq_vit_use_spec(const int64_t n_v) {
+    static const char * env = getenv("LLAMA_TQ_CUDA_NO_VIT_SPEC");
+    static const bool   off = env != nullptr && atoi(env) != 0;
+    return !off && TQ_VIT_SPEC * n_v <= 8 * (int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+}
+
 template <ggml_type type_k, ggml_type type_v>
-static void tq_encode_kv_cuda(const tq_cuda_loc_set_rows & loc_k, const int64_t n_k, const tq_cuda_loc_set_rows & loc_v,
-                              const int64_t n_v, cudaStream_t stream) {
-    const tq_cuda_tab<type_v> tab = tq_cuda_host_tab<type_v>();
-    tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows><<<(unsigned) (n_v + n_k), TQ_VIT_THREADS, 0, stream>>>(
-        loc_k, tq_cuda_host_cb_params<type_k>(), loc_v, tab, tq_cuda_tab_max(tab), (int) n_v);
+static void tq_encode_kv_cuda(ggml_backend_cuda_context & ctx, const tq_cuda_loc_set_rows & loc_k, const int64_t n_k,
+                              const tq_cuda_loc_set_rows & loc_v, const int64_t n_v) {
+    cudaStream_t              stream = ctx.stream();
+    const tq_cuda_tab<type_v> tab    = tq_cuda_host_tab<type_v>();
+    tq_vit_spec_buf           sb     = {};
+    int64_t                   n_tv   = n_v;  // thread blocks of V
+    ggml_cuda_pool_alloc<uint8_t> scratch(ctx.pool());
+    if (tq_vit_use_spec(n_v)) {
+        constexpr size_t slot  = 2 + tq_cuda_fmt<type_v>::qs_bytes;
+        const size_t     slots = GGML_PAD((size_t) n_v * 64 * slot, 16);
+        scratch.alloc(slots + 2 * (size_t) n_v * sizeof(int));
+        sb.slots  = scratch.ptr;
+        sb.gfix   = (int *) (scratch.ptr + slots);
+        sb.ticket = (unsigned *) (sb.gfix + n_v);
+        CUDA_CHECK(cudaMemsetAsync(sb.ticket, 0, (size_t) n_v * sizeof(unsigned), stream));
+        n_tv = TQ_VIT_SPEC * n_v;
+    }
+    tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows><<<(unsigned) (n_tv + n_k), TQ_VIT_THREADS, 0, stream>>>(
+        loc_k, tq_cuda_host_cb_params<type_k>(), loc_v, tab, tq_cuda_tab_max(tab), (int) n_v, sb);
     CUDA_CHECK(cudaGetLastError());
 }
 
 // K: ktq2/3/4, V: the trellis types (vtq*_2, vtq*_3); false for other pairs
-static bool tq_encode_kv_cuda_pair(const ggml_type type_k, const ggml_type type_v, const tq_cuda_loc_set_rows & loc_k,
-                                   const int64_t n_k, const tq_cuda_loc_set_rows & loc_v, const int64_t n_v,
-                                   cudaStream_t stream) {
-#define TQ_KV_V(TK, TV, tv)                                                                       \
-    case GGML_TYPE_##TV:                                                                          \
-        tq_encode_kv_cuda<GGML_TYPE_##TK, GGML_TYPE_##TV>(loc_k, n_k, loc_v, n_v, stream); \
+static bool tq_encode_kv_cuda_pair(ggml_backend_cuda_context & ctx, const ggml_type type_k, const ggml_type type_v,
+                                   const tq_cuda_loc_set_rows & loc_k, const int64_t n_k,
+                                   const tq_cuda_loc_set_rows & loc_v, const int64_t n_v) {
+#define TQ_KV_V(TK, TV, tv)                                                              \
+    case GGML_TYPE_##TV:                                                                 \
+        tq_encode_kv_cuda<GGML_TYPE_##TK, GGML_TYPE_##TV>(ctx, loc_k, n_k, loc_v, n_v); \
         return true;
 #define TQ_KV_K(TK, tk)                                                   \
     case GGML_TYPE_##TK:                                                  \
@@ -469,10 +491,10 @@ int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph
     const tq_cuda_loc_set_rows loc_k = tq_cuda_set_rows_loc(k, &n_k);
     const tq_cuda_loc_set_rows loc_v = tq_cuda_set_rows_loc(v, &n_v);
     // only the few blocks of a decode step (the trellis encoder's G = 1 form)
-    if (n_k <= 0 || n_v <= 0 || tq_vit_use_g2(n_v) || n_k + n_v > INT32_MAX) {
+    if (n_k <= 0 || n_v <= 0 || tq_vit_use_g2(n_v) || n_k + TQ_VIT_SPEC * n_v > INT32_MAX) {
         return 0;
     }
-    return tq_encode_kv_cuda_pair(k->type, v->type, loc_k, n_k, loc_v, n_v, ctx.stream()) ? 2 : 0;
+    return tq_encode_kv_cuda_pair(ctx, k->type, v->type, loc_k, n_k, loc_v, n_v) ? 2 : 0;
 }
 
 // type -> F32, one thread per element (any strides on both sides)

@@ -654,32 +654,16 @@ static constexpr __host__ __device__ int tq_vit_min_blocks(const int k, const in
     return want < TQ_VIT_MAX_BLOCKS_SM ? want : TQ_VIT_MAX_BLOCKS_SM;
 }
 
-// thread block tblk of 64 threads: trellis block ib = tblk * G + threadIdx.x / (64 / G), ib < n_blocks; G: see the
-// top of this section (the body of tq_k_encode_trellis and of the V part of tq_k_encode_kv)
+// the start of a trellis block's encoding by its 64 / G threads t: the table values of the predecessor states of
+// the thread's groups into t_pred, the input into ws.xv, the preparation (outlier slots and a zero block's bytes to
+// blk). Returns false for a zero block (then done).
 template <ggml_type type, class Loc, int G>
-static __device__ __forceinline__ void tq_encode_trellis_blocks(const Loc & loc, const tq_cuda_tab<type> & tab,
-                                                                const float tmax_f, const int n_blocks,
-                                                                const int64_t tblk) {
-    using F             = tq_cuda_fmt<type>;
-    constexpr int k     = F::b;
-    constexpr int K     = 1 << k;
-    constexpr int NS    = F::ntab;
-    constexpr int NT    = TQ_VIT_THREADS / G;  // threads per trellis block
-    static_assert(NS == 64 * K, "a trellis state is a group and a k-bit code");
-    static_assert(G == 1 || G == TQ_VIT_G2_BLOCKS, "two warps per trellis block, or one");
-
-    // the table is read from the kernel argument (constant bank), not shared memory
-    __shared__ tq_vit_smem<k> ws_all[G];
-
-    const int     t    = threadIdx.x % NT;
-    const int     lane = threadIdx.x % 32;
-    const int64_t ib   = tblk * G + threadIdx.x / NT;
-    if (G > 1 && ib >= n_blocks) {
-        return;  // (G > 1: only warp barriers below)
-    }
-    tq_vit_smem<k> & ws = ws_all[threadIdx.x / NT];
-
-    float t_pred[G][K];  // table values of the predecessor states (t + NT a)*K + h of the thread's groups
+static __device__ __forceinline__ bool tq_vit_setup(tq_vit_smem<tq_cuda_fmt<type>::b> & ws, const Loc & loc,
+                                                    const tq_cuda_tab<type> & tab, const float tmax_f,
+                                                    const int64_t ib, uint8_t * blk, const int t,
+                                                    float (&t_pred)[G][1 << tq_cuda_fmt<type>::b]) {
+    constexpr int K  = 1 << tq_cuda_fmt<type>::b;
+    constexpr int NT = TQ_VIT_THREADS / G;  // threads per trellis block
 #pragma unroll
     for (int a = 0; a < G; ++a) {
 #pragma unroll
@@ -693,35 +677,32 @@ static __device__ __forceinline__ void tq_encode_trellis_blocks(const Loc & loc,
         ws.xv[t + NT * a] = *(const float *) (xrow + (t + NT * a) * loc.nb00);
     }
     tq_vit_sync<G>();
-
-    uint8_t * blk = loc.dst_blk(ib);
     if (t < 32) {
-        tq_vit_prepare<type>(ws, blk, tmax_f, lane);
+        tq_vit_prepare<type>(ws, blk, tmax_f, t);
     }
     tq_vit_sync<G>();
-    if (ws.zero) {
-        return;
-    }
-    const uint64_t w0 = ws.w0;
+    return !ws.zero;
+}
 
-    // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
-    tq_vit_pass<type, G, (F::n_out > 0)>(ws, tab, t_pred, w0, QK_TQ / 2, -1, t);
-    const int g_fix = ws.st[QK_TQ / 2] & 63;
-    tq_vit_pass<type, G, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, g_fix, t);
-    if (t >= 32) {
-        return;
-    }
-    const bool in0 = !((w0 >> lane) & 1);
-    const bool in1 = !((w0 >> (lane + 32)) & 1);
-    const double x0 = tq_cuda_sanitize(ws.xv[lane]);
-    const double x1 = tq_cuda_sanitize(ws.xv[lane + 32]);
+// the end of a trellis block's encoding by its first warp, from the path of a fixed pass in ws.st: the stream to
+// qs, then the least-squares scale of the path (the states decoded from the stream as the CPU does: state_j =
+// stream bits [j*k, j*k + L), circular) to d (2 bytes)
+template <ggml_type type>
+static __device__ __forceinline__ void tq_vit_finish(tq_vit_smem<tq_cuda_fmt<type>::b> & ws,
+                                                     const tq_cuda_tab<type> & tab, const uint64_t w0, uint8_t * d,
+                                                     uint8_t * qs, const int lane) {
+    using F          = tq_cuda_fmt<type>;
+    constexpr int k  = F::b;
+    constexpr int K  = 1 << k;
+    constexpr int NS = F::ntab;
+    const bool    in0 = !((w0 >> lane) & 1);
+    const bool    in1 = !((w0 >> (lane + 32)) & 1);
+    const double  x0  = tq_cuda_sanitize(ws.xv[lane]);
+    const double  x1  = tq_cuda_sanitize(ws.xv[lane + 32]);
 
-    // the stream, then the least-squares scale of the path with the states decoded from the stream as
-    // the CPU does (state_j = stream bits [j*k, j*k + L), circular)
     ws.code[lane]      = (uint8_t) (ws.st[lane] & (K - 1));
     ws.code[lane + 32] = (uint8_t) (ws.st[lane + 32] & (K - 1));
     __syncwarp();
-    uint8_t * qs = blk + F::qs_off;
     tq_cuda_pack_codes<k>(ws.code, qs, lane);
     double num = 0.0;
     double den = 0.0;
@@ -748,8 +729,122 @@ static __device__ __forceinline__ void tq_encode_trellis_blocks(const Loc & loc,
         qs[lane] = 0;
     }
     if (lane == 0) {
-        blk[0] = (uint8_t) (d16 & 0xFF);
-        blk[1] = (uint8_t) (d16 >> 8);
+        d[0] = (uint8_t) (d16 & 0xFF);
+        d[1] = (uint8_t) (d16 >> 8);
+    }
+}
+
+// thread block tblk of 64 threads: trellis block ib = tblk * G + threadIdx.x / (64 / G), ib < n_blocks; G: see the
+// top of this section (the body of tq_k_encode_trellis and of the V part of tq_k_encode_kv)
+template <ggml_type type, class Loc, int G>
+static __device__ __forceinline__ void tq_encode_trellis_blocks(const Loc & loc, const tq_cuda_tab<type> & tab,
+                                                                const float tmax_f, const int n_blocks,
+                                                                const int64_t tblk) {
+    using F             = tq_cuda_fmt<type>;
+    constexpr int k     = F::b;
+    constexpr int K     = 1 << k;
+    constexpr int NT    = TQ_VIT_THREADS / G;  // threads per trellis block
+    static_assert(F::ntab == 64 * K, "a trellis state is a group and a k-bit code");
+    static_assert(G == 1 || G == TQ_VIT_G2_BLOCKS, "two warps per trellis block, or one");
+
+    // the table is read from the kernel argument (constant bank), not shared memory
+    __shared__ tq_vit_smem<k> ws_all[G];
+
+    const int     t  = threadIdx.x % NT;
+    const int64_t ib = tblk * G + threadIdx.x / NT;
+    if (G > 1 && ib >= n_blocks) {
+        return;  // (G > 1: only warp barriers below)
+    }
+    tq_vit_smem<k> & ws = ws_all[threadIdx.x / NT];
+
+    float     t_pred[G][K];  // table values of the predecessor states (t + NT a)*K + h of the thread's groups
+    uint8_t * blk = loc.dst_blk(ib);
+    if (!tq_vit_setup<type, Loc, G>(ws, loc, tab, tmax_f, ib, blk, t, t_pred)) {
+        return;
+    }
+    const uint64_t w0 = ws.w0;
+
+    // two-pass tail-biting Viterbi: a free pass over the block rotated by 32 fixes the overlap
+    tq_vit_pass<type, G, (F::n_out > 0)>(ws, tab, t_pred, w0, QK_TQ / 2, -1, t);
+    const int g_fix = ws.st[QK_TQ / 2] & 63;
+    tq_vit_pass<type, G, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, g_fix, t);
+    if (t < 32) {
+        tq_vit_finish<type>(ws, tab, w0, blk, blk + F::qs_off, t);
+    }
+}
+
+// ---- the two passes side by side (a decode step's V writes: few trellis blocks, the GPU mostly idle) ----------
+// The fixed pass depends on the free pass only through g_fix (0 .. 63), so for few blocks it runs for every g_fix
+// at once beside the free pass: of the TQ_VIT_SPEC thread blocks (G = 1) of trellis block ib, r = 0 takes the free
+// pass (and writes the outlier slots; it publishes g_fix), r = 1 + g the fixed pass for g_fix = g, whose scale and
+// stream go to scratch slot g. The last of the TQ_VIT_SPEC to finish (a ticket per trellis block, zeroed before the
+// launch) copies the chosen slot into the cache. The bytes of tq_encode_trellis_blocks, after one chain of 64 steps
+// instead of two. Zero blocks: r = 0 writes them, no ticket is taken.
+#define TQ_VIT_SPEC 65
+
+// scratch of a launch: slots[ib][g] (2 + qs_bytes each), gfix[ib], ticket[ib] (zeroed before the launch)
+struct tq_vit_spec_buf {
+    uint8_t *  slots;
+    int *      gfix;
+    unsigned * ticket;
+};
+
+template <ggml_type type, class Loc>
+static __device__ __forceinline__ void tq_encode_trellis_spec(const Loc & loc, const tq_cuda_tab<type> & tab,
+                                                              const float tmax_f, const tq_vit_spec_buf sb,
+                                                              const int64_t tblk) {
+    using F             = tq_cuda_fmt<type>;
+    constexpr int k     = F::b;
+    constexpr int K     = 1 << k;
+    constexpr int SLOT  = 2 + F::qs_bytes;
+    static_assert(TQ_VIT_SPEC == 1 + 64, "the free pass and one fixed pass per g_fix");
+
+    __shared__ tq_vit_smem<k> ws;
+    __shared__ uint8_t        s_blk[F::bs];  // r > 0: where the preparation's writes go instead of the cache
+    __shared__ unsigned       s_ticket;
+
+    const int     t  = threadIdx.x;
+    const int64_t ib = tblk / TQ_VIT_SPEC;
+    const int     r  = (int) (tblk % TQ_VIT_SPEC);
+
+    float     t_pred[1][K];
+    uint8_t * blk = loc.dst_blk(ib);
+    if (!tq_vit_setup<type, Loc, 1>(ws, loc, tab, tmax_f, ib, r == 0 ? blk : s_blk, t, t_pred)) {
+        return;
+    }
+    const uint64_t w0   = ws.w0;
+    uint8_t *      slot = sb.slots + (ib * 64 + (r > 0 ? r - 1 : 0)) * SLOT;
+    if (r == 0) {
+        tq_vit_pass<type, 1, (F::n_out > 0)>(ws, tab, t_pred, w0, QK_TQ / 2, -1, t);
+        if (t == 0) {
+            sb.gfix[ib] = ws.st[QK_TQ / 2] & 63;
+        }
+    } else {
+        tq_vit_pass<type, 1, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, r - 1, t);
+        if (t < 32) {
+            tq_vit_finish<type>(ws, tab, w0, slot, slot + 2, t);
+        }
+    }
+    // every thread's global writes before the ticket; the last thread block to take one copies the chosen slot
+    __threadfence();
+    __syncthreads();
+    if (t == 0) {
+        s_ticket = atomicAdd(&sb.ticket[ib], 1u);
+    }
+    __syncthreads();
+    if (s_ticket != TQ_VIT_SPEC - 1) {
+        return;
+    }
+    __threadfence();
+    const int               g   = *(const volatile int *) &sb.gfix[ib];
+    const volatile uint8_t * src = sb.slots + (ib * 64 + g) * SLOT;
+    if (t < SLOT) {
+        const uint8_t v = src[t];
+        if (t < 2) {
+            blk[t] = v;
+        } else {
+            blk[F::qs_off + t - 2] = v;
+        }
     }
 }
 
@@ -762,14 +857,21 @@ tq_k_encode_trellis(const Loc loc, const tq_cuda_tab<type> tab, const float tmax
 // ---- a decode step's K and V cache writes in one launch (tq_cuda_try_fuse): thread blocks [0, n_v) encode the
 // V blocks (trellis, the G = 1 form: two warps per block), [n_v, n_v + n_k) the K blocks (codebook), side by side
 // instead of one launch after the other. The same block functions as the separate kernels, so the same bytes.
+// With sb.slots set, the V blocks take the speculative form (tq_encode_trellis_spec): thread blocks [0, TQ_VIT_SPEC
+// n_v) for V.
 template <ggml_type type_k, ggml_type type_v, class Loc>
 static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cuda_fmt<type_v>::b, 1))
 tq_k_encode_kv(const Loc loc_k, const tq_cuda_cb_params P, const Loc loc_v, const tq_cuda_tab<type_v> tab,
-               const float tmax_v, const int n_v) {
+               const float tmax_v, const int n_v, const tq_vit_spec_buf sb) {
     static_assert(!tq_cuda_fmt<type_k>::trellis && tq_cuda_fmt<type_v>::trellis, "K: codebook, V: trellis");
-    if ((int) blockIdx.x < n_v) {
-        tq_encode_trellis_blocks<type_v, Loc, 1>(loc_v, tab, tmax_v, n_v, blockIdx.x);
+    const int n_tv = sb.slots ? TQ_VIT_SPEC * n_v : n_v;  // thread blocks of V
+    if ((int) blockIdx.x < n_tv) {
+        if (sb.slots) {
+            tq_encode_trellis_spec<type_v, Loc>(loc_v, tab, tmax_v, sb, blockIdx.x);
+        } else {
+            tq_encode_trellis_blocks<type_v, Loc, 1>(loc_v, tab, tmax_v, n_v, blockIdx.x);
+        }
     } else {
-        tq_encode_codebook_block<type_k, Loc>(loc_k, P, (int64_t) blockIdx.x - n_v);
+        tq_encode_codebook_block<type_k, Loc>(loc_k, P, (int64_t) blockIdx.x - n_tv);
     }
 }
