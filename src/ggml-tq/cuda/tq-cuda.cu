@@ -401,12 +401,13 @@ void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
 
 // ---- K and V cache writes of a decode step in one launch ------------------------------------------------
 
-// the V blocks' two Viterbi passes side by side (tq_encode_trellis_spec) when all their thread blocks fit about one
-// wave (8 per SM); LLAMA_TQ_CUDA_NO_VIT_SPEC=1: one after the other, for comparison
+// LLAMA_TQ_CUDA_VIT_SPEC=1: the V blocks' two Viterbi passes side by side (tq_encode_trellis_spec) when all their
+// thread blocks fit about one wave (8 per SM). Opt-in: on the H200 (hd64, depth 0) it measured no faster than the
+// passes one after the other (tg64 736.2 vs 754.1 t/s, within the runs' spread; docs/results.md)
 static bool tq_vit_use_spec(const int64_t n_v) {
-    static const char * env = getenv("LLAMA_TQ_CUDA_NO_VIT_SPEC");
-    static const bool   off = env != nullptr && atoi(env) != 0;
-    return !off && TQ_VIT_SPEC * n_v <= 8 * (int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+    static const char * env = getenv("LLAMA_TQ_CUDA_VIT_SPEC");
+    static const bool   on  = env != nullptr && atoi(env) != 0;
+    return on && TQ_VIT_SPEC * n_v <= 8 * (int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
 }
 
 template <ggml_type type_k, ggml_type type_v>
