@@ -31,10 +31,13 @@
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
 #                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
-#   TQ_BENCH_FA_MMA "default", "1", "0", "stage" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the decode
-#                  kernel's form by head size and GQA), 1 (its tensor-core form wherever it can run; label +fa-mma),
-#                  0 (its vector form; label +fa-vec), or LLAMA_TQ_CUDA_FA_STAGE=1 (the tensor-core form's staging
-#                  variant where that form runs; label +fa-stage)
+#   TQ_BENCH_FA_MMA "default", "1", "0", "stage", "nopair" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the
+#                  decode kernel's form by head size and GQA), 1 (its tensor-core form wherever it can run; label
+#                  +fa-mma), 0 (its vector form; label +fa-vec), LLAMA_TQ_CUDA_FA_STAGE=1 (the tensor-core form's
+#                  staging variant where that form runs; label +fa-stage) or LLAMA_TQ_CUDA_FA_VPAIR=0 (that form with
+#                  vtq2 decoded one value per lookup instead of from its pair table; label +fa-nopair)
+#   TQ_BENCH_VIT_SPEC "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_VIT_SPEC (1: a decode step's two Viterbi passes of
+#                  the V encoder side by side; label +vit-spec)
 #   TQ_BENCH_DEQUANT8 "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_DEQUANT8 (0: the one-value-per-thread f16
 #                  converter of K/V for prefill instead of the eight-value one; label +dequant1)
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
@@ -240,25 +243,30 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
             for nofuse in ${TQ_BENCH_NO_KV_FUSION:-0}; do
               for famma in ${TQ_BENCH_FA_MMA:-default}; do
                for dq8 in ${TQ_BENCH_DEQUANT8:-1}; do
+                for vspec in ${TQ_BENCH_VIT_SPEC:-0}; do
                 label=$shape
                 [ "$gopt" = 1 ] && label=$label+graph-opt
                 [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
                 [ "$famma" = 0 ] && label=$label+fa-vec
                 [ "$famma" = 1 ] && label=$label+fa-mma
                 [ "$famma" = stage ] && label=$label+fa-stage
+                [ "$famma" = nopair ] && label=$label+fa-nopair
                 [ "$dq8" = 0 ] && label=$label+dequant1
+                [ "$vspec" = 1 ] && label=$label+vit-spec
                 stamp "bench $label"
                 famma_env=()
                 case $famma in
                     0 | 1) famma_env=(LLAMA_TQ_CUDA_FA_MMA=$famma) ;;
                     stage) famma_env=(LLAMA_TQ_CUDA_FA_STAGE=1) ;;
+                    nopair) famma_env=(LLAMA_TQ_CUDA_FA_VPAIR=0) ;;
                 esac
                 env "${famma_env[@]}" GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse \
-                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 python3 "$ROOT/benchmarks/kv_speed.py" \
+                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 LLAMA_TQ_CUDA_VIT_SPEC=$vspec python3 "$ROOT/benchmarks/kv_speed.py" \
                     --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \
                     --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" \
                     --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
                 say "llama-bench $label rc $?"
+                done
                done
               done
             done

@@ -16,7 +16,7 @@
 // softmax error gives 1e-2 and more). Outputs start as NaN, so an output the kernel does not write fails.
 //
 // usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] [--case N]
-//                  [--tol X] [--mma | --mma-stage] [--verbose]
+//                  [--tol X] [--mma | --mma-stage | --mma-nopair] [--verbose]
 // prints a FAIL line per failing case and a summary line; exit status 0 if every case passed, 1 if not
 // (2: an emulation error such as a barrier deadlock).
 #include "fattn_emu.h"
@@ -113,7 +113,8 @@ struct fa_pair {
 };
 
 // --mma: the tensor-core form tq_k_fattn_mma where tq_cuda_fattn takes it (V without outlier slots); --mma-stage:
-// its variant that stages a chunk's rows in shared memory (p.mma = 2)
+// its variant that stages a chunk's rows in shared memory (p.mma = 2); --mma-nopair: vtq2 without its pair table
+// (p.mma = 3)
 static int g_mma = 0;
 
 static int tq_of(const ggml_type t) {
@@ -524,7 +525,7 @@ static void on_exit_in_case() {  // an emulation error (emu_fatal) exits with st
 
 static void usage() {
     fprintf(stderr, "usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] "
-                    "[--case N] [--tol X] [--mma | --mma-stage] [--verbose]\n");
+                    "[--case N] [--tol X] [--mma | --mma-stage | --mma-nopair] [--verbose]\n");
     exit(2);
 }
 
@@ -570,6 +571,8 @@ int main(int argc, char ** argv) {
             g_mma = 1;
         } else if (a == "--mma-stage") {
             g_mma = 2;
+        } else if (a == "--mma-nopair") {
+            g_mma = 3;
         } else if (a == "--verbose") {
             verbose = true;
         } else {
@@ -621,6 +624,6 @@ int main(int argc, char ** argv) {
         n_hit += h > 0 ? 1 : 0;
     }
     printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d kernel=%s\n", order_name,
-           n_run, n_failed, worst, tol, n_hit, (int) instances.size(), g_mma == 2 ? "mma-stage" : g_mma ? "mma" : "vec");
+           n_run, n_failed, worst, tol, n_hit, (int) instances.size(), g_mma == 3 ? "mma-nopair" : g_mma == 2 ? "mma-stage" : g_mma ? "mma" : "vec");
     return n_failed == 0 ? 0 : 1;
 }

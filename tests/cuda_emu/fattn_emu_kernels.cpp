@@ -10,7 +10,8 @@
 #endif
 
 // the grid of tq_fattn_launch, one block after another: (KV head x column group, sequence, KV split); p.mma picks
-// the tensor-core form (2: its staging variant) for a V type without outlier slots, as tq_fattn_launch does
+// the tensor-core form (2: its staging variant, 3: vtq2 without its pair table) for a V type without outlier
+// slots, as tq_fattn_launch does
 template <int D, ggml_type type_k, ggml_type type_v, int NC>
 static void emu_fattn_launch(const tq_fattn_params & p) {
     const tq_cuda_tab<type_k> ktab = tq_cuda_host_tab<type_k>();
@@ -23,9 +24,11 @@ static void emu_fattn_launch(const tq_fattn_params & p) {
                     if constexpr (tq_cuda_fmt<type_v>::n_out == 0) {
                         if (p.mma) {
                             if (p.mma == 2) {
-                                tq_k_fattn_mma<D, type_k, type_v, NC, true>(p, ktab, vtab);
+                                tq_k_fattn_mma<D, type_k, type_v, NC, true, true>(p, ktab, vtab);
+                            } else if (p.mma == 3) {
+                                tq_k_fattn_mma<D, type_k, type_v, NC, false, false>(p, ktab, vtab);
                             } else {
-                                tq_k_fattn_mma<D, type_k, type_v, NC, false>(p, ktab, vtab);
+                                tq_k_fattn_mma<D, type_k, type_v, NC, false, true>(p, ktab, vtab);
                             }
                             return;
                         }

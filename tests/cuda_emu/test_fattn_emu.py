@@ -15,7 +15,8 @@ columns, GQA, two sequences, both Q layouts, masks (random, causal, window, full
 ALiBi, sinks; each in forward, backward and shuffled lane order. The same cases again through the tensor-core
 form tq_k_fattn_mma (`--mma`: its mma.m16n8k16 emulated by shuffles; every V type without outlier slots; f16
 inputs, so a tolerance of 4e-3, MMA_TOL), in forward and backward order, and the short cases through its
-variant that stages each chunk's rows in shared memory (`--mma-stage`). Mutated copies of the kernel (a barrier
+variant that stages each chunk's rows in shared memory (`--mma-stage`) and its form without vtq2's pair table
+(`--mma-nopair`, forward order). Mutated copies of the kernel (a barrier
 removed in either form or after the staging copy, the outlier slot order swapped, the 3-bit K code alignment
 dropped, the P fragment's row pairs swapped, the V block scale dropped, in vtq2's pair-table path the scale
 dropped or two rows of an A register swapped) must fail.
@@ -125,6 +126,8 @@ MMA_TOL = 4e-3
 MMA_ARGS = ("--mma", "--tol", str(MMA_TOL))
 # its variant that stages each chunk's K and V rows in shared memory (LLAMA_TQ_CUDA_FA_STAGE=1): same arithmetic
 MMA_STAGE_ARGS = ("--mma-stage", "--tol", str(MMA_TOL))
+# and its form without vtq2's pair table (LLAMA_TQ_CUDA_FA_VPAIR=0): vtq2 one value per lookup, as other V types
+MMA_NOPAIR_ARGS = ("--mma-nopair", "--tol", str(MMA_TOL))
 
 MUTATIONS = [
     # the scores of a chunk are read back by other lanes (lane = row) without a barrier
@@ -320,7 +323,8 @@ def test_kernel_matches_float64_reference(emulator: Path) -> None:
     vec = [["--order", order, "--seed", "7"] for order in ORDERS]
     mma = [["--order", order, "--seed", "7", *MMA_ARGS] for order in ("forward", "backward")]
     stage = [["--order", order, "--seed", "7", "--no-long", *MMA_STAGE_ARGS] for order in ("forward", "backward")]
-    results = run_emulator(emulator, vec + mma + stage)
+    nopair = [["--order", "forward", "--seed", "7", "--no-long", *MMA_NOPAIR_ARGS]]
+    results = run_emulator(emulator, vec + mma + stage + nopair)
     for r in results:
         print(tail(r.output, 5))
         what = f"fattn_emu {' '.join(r.args)} (exit status {r.returncode}):\n{tail(r.output)}"

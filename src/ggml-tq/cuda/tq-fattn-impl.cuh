@@ -634,7 +634,7 @@ static __device__ __forceinline__ void tq_fa_stage_rows(uint8_t * sk, uint8_t * 
 //   O^T += V^T P: A = V of 4 rows (16 kt + 4 t + 0..3) at the lane's D / 8 consecutive dims g D / 8 + (0..),
 //      decoded in registers from the bank-spread table; m-tile m holds the dims g D / 8 + 2 m and + 2 m + 1.
 // Registers: Q D / 8, accumulators D / 4, a row tile's 8 scores: no Q copy per lane as in tq_k_fattn_vec.
-template <int D, ggml_type type_K, ggml_type type_V, int NC, bool STAGE>
+template <int D, ggml_type type_K, ggml_type type_V, int NC, bool STAGE, bool VPAIR>
 __launch_bounds__(TQ_FA_NTHREADS, TQ_FA_MMA_BLOCKS_PER_SM)
 static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
                                       const tq_cuda_tab<type_V> vtab) {
@@ -654,7 +654,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr int  VS   = 8;                   //    values per stream read
     constexpr int  NMT  = D / 16;              //    m-tiles (two dims of each lane)
     constexpr int  VREP = tq_fa_vrep<type_V>();
-    constexpr bool VPR  = tq_fa_vpair<type_V>();  // vtq2: two values per table lookup (tq_fa_vpair_at)
+    constexpr bool VPR  = VPAIR && tq_fa_vpair<type_V>();  // vtq2: two values per table lookup (tq_fa_vpair_at)
     constexpr bool V1   = D == QK_TQ;          // a row is one block: its V scale goes into the probability
     using kword_t = typename std::conditional<KB == 2, uint32_t, uint64_t>::type;  // 16 codes of a lane
     using VC      = tq_fa_vcodes<type_V, VS>;
@@ -1003,14 +1003,22 @@ template <int D, ggml_type type_K, ggml_type type_V, int NC>
 void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream) {
     const dim3 grid(p.n_kv_head * p.n_col_grp, p.n_seq, p.n_split);
     if constexpr (tq_cuda_fmt<type_V>::n_out == 0) {
+        if constexpr (tq_fa_vpair<type_V>()) {
+            if (p.mma == 3) {
+                tq_k_fattn_mma<D, type_K, type_V, NC, false, false>
+                    <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
+                CUDA_CHECK(cudaGetLastError());
+                return;
+            }
+        }
         if (p.mma == 2) {
-            tq_k_fattn_mma<D, type_K, type_V, NC, true>
+            tq_k_fattn_mma<D, type_K, type_V, NC, true, true>
                 <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
             CUDA_CHECK(cudaGetLastError());
             return;
         }
-        if (p.mma == 1) {
-            tq_k_fattn_mma<D, type_K, type_V, NC, false>
+        if (p.mma != 0) {
+            tq_k_fattn_mma<D, type_K, type_V, NC, false, true>
                 <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
             CUDA_CHECK(cudaGetLastError());
             return;

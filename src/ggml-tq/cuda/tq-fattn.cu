@@ -97,14 +97,16 @@ bool tq_cuda_fattn_applies(const ggml_tensor * dst) {
 // 359.6 t/s; hd128, GQA 4, tg 355.5 vs 299.6 t/s); at head size 128 with 2 columns (GQA 2) it was slower (tg 268.6
 // vs 288.5 t/s): 6 of its 8 mma columns idle there. Head size 256 is unmeasured: the vector form.
 // LLAMA_TQ_CUDA_FA_STAGE=1 picks the staging variant where the tensor-core form runs (for comparison: on the H200
-// within the direct form's spread, tg 387.5 vs 386.5 t/s at 131072).
+// within the direct form's spread, tg 387.5 vs 386.5 t/s at 131072); LLAMA_TQ_CUDA_FA_VPAIR=0 its direct form with
+// vtq2 decoded one value per lookup instead of from the pair table (for comparison).
 static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int D, const int NC) {
     if (TQ_GGML_TO_TQ(type_V) >= TQ_TYPE_VTQ2_3 || !ampere_mma_available(ggml_cuda_info().devices[device].cc)) {
         return 0;
     }
     static const char * env   = getenv("LLAMA_TQ_CUDA_FA_MMA");
     static const char * stage = getenv("LLAMA_TQ_CUDA_FA_STAGE");
-    const int           form  = stage && strcmp(stage, "1") == 0 ? 2 : 1;
+    static const char * vpair = getenv("LLAMA_TQ_CUDA_FA_VPAIR");
+    const int           form  = stage && strcmp(stage, "1") == 0 ? 2 : vpair && strcmp(vpair, "0") == 0 ? 3 : 1;
     if (env && strcmp(env, "0") == 0) {
         return 0;
     }

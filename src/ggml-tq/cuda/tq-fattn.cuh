@@ -65,7 +65,8 @@ struct tq_fattn_params {
     int     kv_per_split;
     int     n_split;
     int     ne33;
-    int     mma;  // 1: the tensor-core form tq_k_fattn_mma (a V type without outlier slots, sm_80+), 2: its staging variant
+    int     mma;  // 1: the tensor-core form tq_k_fattn_mma (a V type without outlier slots, sm_80+), 2: its staging
+                  // variant, 3: vtq2 without its pair table (one lookup per value, for comparison)
     int64_t nb01, nb02, nb03;
     int64_t nb11, nb12, nb13;
     int64_t nb21, nb22, nb23;
