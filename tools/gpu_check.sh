@@ -36,8 +36,11 @@
 #                  +fa-mma), 0 (its vector form; label +fa-vec), LLAMA_TQ_CUDA_FA_STAGE=1 (the tensor-core form's
 #                  staging variant where that form runs; label +fa-stage) or LLAMA_TQ_CUDA_FA_VPAIR=0 (that form with
 #                  vtq2 decoded one value per lookup instead of from its pair table; label +fa-nopair)
-#   TQ_BENCH_VIT_SPEC "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_VIT_SPEC (1: a decode step's two Viterbi passes of
-#                  the V encoder side by side; label +vit-spec)
+#   TQ_BENCH_VIT_SPEC "default", "0", "1" or a list: runs with LLAMA_TQ_CUDA_VIT_SPEC unset (a decode step's two
+#                  Viterbi passes of the V encoder side by side, the default), 0 (one after the other; label
+#                  +no-vit-spec) or 1 (label +vit-spec)
+#   TQ_BENCH_PDL   "default", "0" or "default 0": runs with LLAMA_TQ_CUDA_PDL unset or 0 (our decode-step kernels
+#                  launched without programmatic dependent launch; label +no-pdl)
 #   TQ_BENCH_DEQUANT8 "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_DEQUANT8 (0: the one-value-per-thread f16
 #                  converter of K/V for prefill instead of the eight-value one; label +dequant1)
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
@@ -57,6 +60,8 @@
 #                  at depth TQ_PROFILE_PREFILL_DEPTH (default 0; deeper, a multiple of 2048: only the attention,
 #                  conversion and cache-write kernels of the timed step are timed, the fill's skipped by a launch
 #                  count taken from a run at depth 0; no share then, as the other kernels are not timed)
+#   TQ_PROFILE_ALL=1 with TQ_PROFILE: at depth 0 every kernel of a decode step (upstream's Hadamard rotations, norms,
+#                  matmuls...), -n 4, with the share of the attention and cache-write kernels
 #   TQ_PROFILE_SHAPE random llama of the profiles (default hd64; see TQ_BENCH_SHAPES)
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
@@ -243,7 +248,8 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
             for nofuse in ${TQ_BENCH_NO_KV_FUSION:-0}; do
               for famma in ${TQ_BENCH_FA_MMA:-default}; do
                for dq8 in ${TQ_BENCH_DEQUANT8:-1}; do
-                for vspec in ${TQ_BENCH_VIT_SPEC:-0}; do
+                for vspec in ${TQ_BENCH_VIT_SPEC:-default}; do
+                 for pdl in ${TQ_BENCH_PDL:-default}; do
                 label=$shape
                 [ "$gopt" = 1 ] && label=$label+graph-opt
                 [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
@@ -252,7 +258,9 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                 [ "$famma" = stage ] && label=$label+fa-stage
                 [ "$famma" = nopair ] && label=$label+fa-nopair
                 [ "$dq8" = 0 ] && label=$label+dequant1
+                [ "$vspec" = 0 ] && label=$label+no-vit-spec
                 [ "$vspec" = 1 ] && label=$label+vit-spec
+                [ "$pdl" = 0 ] && label=$label+no-pdl
                 stamp "bench $label"
                 famma_env=()
                 case $famma in
@@ -260,12 +268,15 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                     stage) famma_env=(LLAMA_TQ_CUDA_FA_STAGE=1) ;;
                     nopair) famma_env=(LLAMA_TQ_CUDA_FA_VPAIR=0) ;;
                 esac
+                [ "$vspec" != default ] && famma_env+=(LLAMA_TQ_CUDA_VIT_SPEC=$vspec)
+                [ "$pdl" != default ] && famma_env+=(LLAMA_TQ_CUDA_PDL=$pdl)
                 env "${famma_env[@]}" GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse \
-                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 LLAMA_TQ_CUDA_VIT_SPEC=$vspec python3 "$ROOT/benchmarks/kv_speed.py" \
+                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 python3 "$ROOT/benchmarks/kv_speed.py" \
                     --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \
                     --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" \
                     --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
                 say "llama-bench $label rc $?"
+                 done
                 done
                done
               done
@@ -304,13 +315,18 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
                 ctk=${pair%/*}; ctv=${pair#*/}
                 re='tq_k_fattn|flash_attn_ext_vec'
                 [ "$depth" = 0 ] && re='tq_k_fattn|tq_k_encode|flash_attn_ext_vec|set_rows|cpy'
+                ntok=16; part=()
+                if [ "${TQ_PROFILE_ALL:-0}" = 1 ] && [ "$depth" = 0 ]; then
+                    re='.'; ntok=4; part=(--part 'tq_k_|flash_attn|set_rows|fwht')
+                fi
                 csv=$OUT/ncu-$ctk-$ctv-$depth.csv
                 stamp "ncu $pair depth $depth"
                 timeout 240 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
                     --kernel-name "regex:$re" "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" \
-                    -p 0 -n 16 -r 1 -d "$depth" > "$csv" 2> "$OUT/ncu.err" || say "  ncu $pair $depth rc $?"
-                # llama-bench -n 16 plus one warm-up token: 17 decode steps
-                python3 "$ROOT/tools/ncu_share.py" "$csv" --label "$pair depth $depth" --steps 17 | tee -a "$SUMMARY"
+                    -p 0 -n "$ntok" -r 1 -d "$depth" > "$csv" 2> "$OUT/ncu.err" || say "  ncu $pair $depth rc $?"
+                # llama-bench -n N plus one warm-up token: N + 1 decode steps
+                python3 "$ROOT/tools/ncu_share.py" "$csv" --label "$pair depth $depth" --steps $(( ntok + 1 )) "${part[@]}" \
+                    | tee -a "$SUMMARY"
             done
         done
         # TQ_PROFILE_DETAIL=1: where the time of our kernels goes (occupancy, stall reasons, memory throughput):
