@@ -13,4 +13,9 @@ struct ggml_cuda_type_traits;
 typedef struct emu_stream * cudaStream_t;
 struct ggml_backend_cuda_context;
 
+// programmatic dependent launch: one grid at a time here, so nothing to wait for
+#define GGML_CUDA_RESTRICT __restrict__
+static inline void ggml_cuda_pdl_sync() {}
+static inline void ggml_cuda_pdl_lc() {}
+
 #include "tq-cuda-common.cuh"

@@ -108,6 +108,7 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     std::vector<uint8_t>     gpu2((size_t) n_blocks * bs, 0xA5);
     std::vector<uint8_t>     gpu3((size_t) n_blocks * bs, 0xA5);  // trellis: V part of the fused K + V kernel
     std::vector<uint8_t>     gpu4((size_t) n_blocks * bs, 0xA5);  //   and of its form with the passes side by side
+    int                      spec_tickets_left = 0;  // tickets not zeroed by the side-by-side form
     std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
     tq_quantize_row_ref(tq, x.data(), cpu.data(), (int64_t) n_blocks * QK_TQ);
 
@@ -176,15 +177,29 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
         } else if (order == EMU_ORDER_SHUFFLED) {
             std::shuffle(tbs.begin(), tbs.end(), std::mt19937_64(seed + 7));
         }
-        for (const unsigned tb : tbs) {
-            blockIdx = emu_dim3{ tb, 0, 0 };
-            emu_run_block(TQ_VIT_THREADS, [&]() {
-                tq_k_encode_kv<type_k, type, emu_loc>(loc_k4, P_k, loc4, tab, tmax, n_spec, sb);
-            });
+        // two launches on the same tickets (the last thread block of each trellis block zeroes its ticket, so the
+        // host zeroes them once): the second launch's bytes are compared, and the tickets must be zero after it
+        for (int launch = 0; launch < 2; ++launch) {
+            std::fill(gpu4.begin(), gpu4.end(), (uint8_t) 0xA5);
+            std::fill(gpu_k4.begin(), gpu_k4.end(), (uint8_t) 0xA5);
+            for (const unsigned tb : tbs) {
+                blockIdx = emu_dim3{ tb, 0, 0 };
+                emu_run_block(TQ_VIT_THREADS, [&]() {
+                    tq_k_encode_kv<type_k, type, emu_loc>(loc_k4, P_k, loc4, tab, tmax, n_spec, sb);
+                });
+            }
+        }
+        for (int ib = 0; ib < n_spec; ++ib) {
+            if (ticket[(size_t) ib] != 0) {
+                ++spec_tickets_left;
+                printf("  %s block %d: ticket %u left after the launch (must be zero again)\n", tq_type_name(tq), ib,
+                       ticket[(size_t) ib]);
+            }
         }
     }
 
     type_result r;
+    r.failed += spec_tickets_left;
 
     // the f16 / f32 converter (tq_k_dequant8) on the CPU's blocks: every value must be the CPU decoder's (f32) and
     // its round-to-nearest-even f16; three thread blocks, so that the grid-stride loop wraps. Outlier types: in

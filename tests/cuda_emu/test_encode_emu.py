@@ -4,7 +4,7 @@ encode_emu.cpp runs the real kernels, tq_k_encode_codebook, tq_k_encode_trellis 
 warps per trellis block; G = 2: one warp, two blocks per thread block, an odd block count leaving the last one
 half-empty) and the fused K + V kernel of a decode step (tq_k_encode_kv, ktq2 as K; also with its V blocks' two
 Viterbi passes side by side, on the first 24 blocks of a type, its thread blocks in the lane order's direction or
-shuffled), through the CUDA emulation
+shuffled, launched twice on the same tickets, which must be zero again after it), through the CUDA emulation
 of this folder (64 lanes as coroutines, __syncthreads / __syncwarp / shuffles / __any_sync as real barriers)
 block by block for every llama-tq type, and compares each encoded block with tq_quantize_row_ref of the CPU
 reference (src/ggml-tq, built by tests/formats/conftest.py's build_library). The blocks cover plain, heavy-tailed
@@ -24,9 +24,10 @@ decoder's (f32) and its round-to-nearest-even f16.
 Mutated encoders (ties in the Viterbi minimum going to the higher state, the two-step trace-back reading the
 wrong half of its pointer, the barrier of a Viterbi step removed in both forms or only in the one-warp form,
 weight-0 samples not skipped, a back-pointer read from the wrong ring row or the wrong lane half, the fused
-kernel's V arguments, in its side-by-side form another g_fix's slot copied or a slot holding another g_fix's
-pass, a value on a decision threshold taking the upper level, the fit's error sums left per lane)
-and converters (outlier slots in the wrong order, a window read at the wrong offset) must fail.
+kernel's V arguments, in its side-by-side form another g_fix's slot copied, a slot holding another g_fix's
+pass or a ticket not zeroed by the last thread block, a value on a decision threshold taking the upper level,
+the fit's error sums left per lane) and converters (outlier slots in the wrong order, a window read at the wrong
+offset) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the locators and launches of
 tq-cuda.cu (SET_ROWS/CPY strides; test-backend-ops covers those on a GPU), nvcc's arithmetic (the emulation
@@ -126,6 +127,12 @@ MUTATIONS = [
         "spec-fixed-pass",
         "tq_vit_pass<type, 1, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, r - 1, t);",
         "tq_vit_pass<type, 1, (F::n_out > 0)>(ws, tab, t_pred, w0, 0, r % 64, t);",
+    ),
+    # ... or the last thread block leaves its ticket taken (the next launch would copy no slot)
+    Mutation(
+        "spec-ticket-reset",
+        "        sb.ticket[ib] = 0;  // every thread block",
+        "        (void) sb;  // every thread block",
     ),
     # the converter: the second outlier slot must win when both name the same position
     Mutation(

@@ -6,12 +6,34 @@
 #include "common.cuh"
 
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
+
+#if !defined(TQ_CUDA_EMU)
+// launches a decode-step kernel (the fused K + V write, the decode kernel, its combine) through ggml-cuda's
+// launcher, so with programmatic dependent launch where ggml-cuda uses it (sm_90; GGML_CUDA_PDL=0 turns it off
+// for every kernel); LLAMA_TQ_CUDA_PDL=0 launches only these plainly (for comparison). The kernels call
+// ggml_cuda_pdl_lc() first and ggml_cuda_pdl_sync() before their first global read; as ggml-cuda does, their
+// pointers are not __restrict__ there (GGML_CUDA_RESTRICT)
+template <typename Kernel, typename... Args>
+static void tq_cuda_launch(Kernel kernel, const ggml_cuda_kernel_launch_params & lp, Args &&... args) {
+    static const bool pdl = [] {
+        const char * env = getenv("LLAMA_TQ_CUDA_PDL");
+        return env == nullptr || atoi(env) != 0;
+    }();
+    if (pdl) {
+        ggml_cuda_kernel_launch(kernel, lp, std::forward<Args>(args)...);
+        return;
+    }
+    kernel<<<lp.block_nums, lp.block_dims, lp.shmem, lp.stream>>>(std::forward<Args>(args)...);
+    CUDA_CHECK(cudaGetLastError());
+}
+#endif
 
 // 64 stream bits of a block starting at byte `byte` (circular over the qs_bytes of the stream: the
 // trellis is tail-biting; for codebook types the wrapped bytes are never used). qs is 2-byte aligned.
 template <int qs_bytes>
-static __device__ __forceinline__ uint64_t tq_fa_bits64(const uint8_t * __restrict__ qs, const int byte) {
+static __device__ __forceinline__ uint64_t tq_fa_bits64(const uint8_t * GGML_CUDA_RESTRICT qs, const int byte) {
     constexpr int n16 = qs_bytes / 2;
     const uint16_t * q16 = (const uint16_t *) qs;
     const int        a   = byte >> 1;
@@ -28,7 +50,7 @@ static __device__ __forceinline__ uint64_t tq_fa_bits64(const uint8_t * __restri
 // 32 stream bits of a block starting at byte `byte` (circular, as tq_fa_bits64); for even `byte` (types of
 // 2 or 4 bits) the third word folds away
 template <int qs_bytes>
-static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * __restrict__ qs, const int byte) {
+static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * GGML_CUDA_RESTRICT qs, const int byte) {
     constexpr int    n16 = qs_bytes / 2;
     const uint16_t * q16 = (const uint16_t *) qs;
     const int        a   = byte >> 1;
@@ -43,7 +65,7 @@ static __device__ __forceinline__ uint32_t tq_fa_bits32(const uint8_t * __restri
 
 // the n words of type W at p (aligned for W) as one integer, the first in the low bits
 template <typename W, int n, typename T>
-static __device__ __forceinline__ T tq_fa_ldw(const uint8_t * __restrict__ p) {
+static __device__ __forceinline__ T tq_fa_ldw(const uint8_t * GGML_CUDA_RESTRICT p) {
     const W * q = (const W *) p;
     T         w = 0;
 #pragma unroll
@@ -55,12 +77,12 @@ static __device__ __forceinline__ T tq_fa_ldw(const uint8_t * __restrict__ p) {
 
 // n 16-bit words (p 2-byte aligned) / n 32-bit words (p 4-byte aligned)
 template <int n, typename T>
-static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * __restrict__ p) {
+static __device__ __forceinline__ T tq_fa_ld16(const uint8_t * GGML_CUDA_RESTRICT p) {
     return tq_fa_ldw<uint16_t, n, T>(p);
 }
 
 template <int n, typename T>
-static __device__ __forceinline__ T tq_fa_ld32(const uint8_t * __restrict__ p) {
+static __device__ __forceinline__ T tq_fa_ld32(const uint8_t * GGML_CUDA_RESTRICT p) {
     return tq_fa_ldw<uint32_t, n, T>(p);
 }
 
@@ -75,7 +97,7 @@ struct tq_fa_vcodes {
     using word_t = typename std::conditional<w64, uint64_t, uint32_t>::type;
 
     // blk: the block; i0: its first value (a multiple of VS)
-    static __device__ __forceinline__ word_t load(const uint8_t * __restrict__ blk, const int i0) {
+    static __device__ __forceinline__ word_t load(const uint8_t * GGML_CUDA_RESTRICT blk, const int i0) {
         const int bit = i0 * F::b;
         word_t    w;
         if constexpr (w64) {

@@ -3,12 +3,15 @@
 // (ggml/src/ggml-cuda/CMakeLists.txt hook): the encoders mirror the CPU reference's float/double
 // operations, and a fused multiply-add would round differently.
 
+#include "tq-cuda-bits.cuh"
 #include "tq-cuda.cuh"
 #include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <type_traits>
 
 #define TQ_CUDA_BLOCK_SIZE 256
@@ -401,13 +404,43 @@ void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
 
 // ---- K and V cache writes of a decode step in one launch ------------------------------------------------
 
-// LLAMA_TQ_CUDA_VIT_SPEC=1: the V blocks' two Viterbi passes side by side (tq_encode_trellis_spec) when all their
-// thread blocks fit about one wave (8 per SM). Opt-in: on the H200 (hd64, depth 0) it measured no faster than the
-// passes one after the other (tg64 736.2 vs 754.1 t/s, within the runs' spread; docs/results.md)
+// The V blocks' two Viterbi passes side by side (tq_encode_trellis_spec) when all their thread blocks fit about one
+// wave (8 per SM); LLAMA_TQ_CUDA_VIT_SPEC=0 runs them one after the other. On the H200 (hd64, depth 0, Nsight
+// Compute) the fused write took 11.89 us per launch this way against 14.51 us (docs/results.md)
+static int64_t tq_vit_spec_max_v() {
+    return 8 * (int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm / TQ_VIT_SPEC;
+}
+
 static bool tq_vit_use_spec(const int64_t n_v) {
     static const char * env = getenv("LLAMA_TQ_CUDA_VIT_SPEC");
-    static const bool   on  = env != nullptr && atoi(env) != 0;
-    return on && TQ_VIT_SPEC * n_v <= 8 * (int64_t) ggml_cuda_info().devices[ggml_cuda_get_device()].nsm;
+    static const bool   on  = env == nullptr || atoi(env) != 0;
+    return on && n_v <= tq_vit_spec_max_v();
+}
+
+// The side-by-side form's tickets (one per V block): zeroed here once, then again by the last thread block of each
+// V block in every launch, so that a decode step needs no memset node. One array per device and stream (launches on
+// a stream run in order; two streams never share one), allocated outside CUDA graph capture: while a stream is
+// being captured and has none yet, nullptr (the passes then run one after the other). Kept for the process's life
+// (a graph captured with an array may be replayed at any time).
+static unsigned * tq_vit_tickets(const int device, cudaStream_t stream) {
+    static std::mutex                                         mutex;
+    static std::map<std::pair<int, cudaStream_t>, unsigned *> tickets;
+    std::lock_guard<std::mutex>                               lock(mutex);
+    const auto                                                it = tickets.find({ device, stream });
+    if (it != tickets.end()) {
+        return it->second;
+    }
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    if (status != cudaStreamCaptureStatusNone) {
+        return nullptr;
+    }
+    const size_t bytes = (size_t) tq_vit_spec_max_v() * sizeof(unsigned);
+    unsigned *   p     = nullptr;
+    CUDA_CHECK(cudaMalloc(&p, bytes));
+    CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, stream));
+    tickets[{ device, stream }] = p;
+    return p;
 }
 
 template <ggml_type type_k, ggml_type type_v>
@@ -418,19 +451,20 @@ static void tq_encode_kv_cuda(ggml_backend_cuda_context & ctx, const tq_cuda_loc
     tq_vit_spec_buf           sb     = {};
     int64_t                   n_tv   = n_v;  // thread blocks of V
     ggml_cuda_pool_alloc<uint8_t> scratch(ctx.pool());
-    if (tq_vit_use_spec(n_v)) {
+    unsigned * const ticket = tq_vit_use_spec(n_v) ? tq_vit_tickets(ctx.device, stream) : nullptr;
+    if (ticket) {
         constexpr size_t slot  = 2 + tq_cuda_fmt<type_v>::qs_bytes;
         const size_t     slots = GGML_PAD((size_t) n_v * 64 * slot, 16);
-        scratch.alloc(slots + 2 * (size_t) n_v * sizeof(int));
+        scratch.alloc(slots + (size_t) n_v * sizeof(int));
         sb.slots  = scratch.ptr;
         sb.gfix   = (int *) (scratch.ptr + slots);
-        sb.ticket = (unsigned *) (sb.gfix + n_v);
-        CUDA_CHECK(cudaMemsetAsync(sb.ticket, 0, (size_t) n_v * sizeof(unsigned), stream));
-        n_tv = TQ_VIT_SPEC * n_v;
+        sb.ticket = ticket;
+        n_tv      = TQ_VIT_SPEC * n_v;
     }
-    tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows><<<(unsigned) (n_tv + n_k), TQ_VIT_THREADS, 0, stream>>>(
-        loc_k, tq_cuda_host_cb_params<type_k>(), loc_v, tab, tq_cuda_tab_max(tab), (int) n_v, sb);
-    CUDA_CHECK(cudaGetLastError());
+    // with programmatic dependent launch where ggml-cuda uses it (tq_cuda_launch)
+    tq_cuda_launch(tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows>,
+                            ggml_cuda_kernel_launch_params(dim3((unsigned) (n_tv + n_k)), dim3(TQ_VIT_THREADS), 0, stream),
+                            loc_k, tq_cuda_host_cb_params<type_k>(), loc_v, tab, tq_cuda_tab_max(tab), (int) n_v, sb);
 }
 
 // K: ktq2/3/4, V: the trellis types (vtq*_2, vtq*_3); false for other pairs

@@ -836,6 +836,9 @@ static __device__ __forceinline__ void tq_encode_trellis_spec(const Loc & loc, c
         return;
     }
     __threadfence();
+    if (t == 0) {
+        sb.ticket[ib] = 0;  // every thread block of ib has taken its ticket: zero again for the next launch
+    }
     const int               g   = *(const volatile int *) &sb.gfix[ib];
     const volatile uint8_t * src = sb.slots + (ib * 64 + g) * SLOT;
     if (t < SLOT) {
@@ -864,6 +867,10 @@ static __global__ void __launch_bounds__(TQ_VIT_THREADS, tq_vit_min_blocks(tq_cu
 tq_k_encode_kv(const Loc loc_k, const tq_cuda_cb_params P, const Loc loc_v, const tq_cuda_tab<type_v> tab,
                const float tmax_v, const int n_v, const tq_vit_spec_buf sb) {
     static_assert(!tq_cuda_fmt<type_k>::trellis && tq_cuda_fmt<type_v>::trellis, "K: codebook, V: trellis");
+    // programmatic dependent launch (tq_encode_kv_cuda): launched while the previous kernel finishes, it waits
+    // for that kernel's writes before its first global read; the next kernel may be scheduled at once
+    ggml_cuda_pdl_lc();
+    ggml_cuda_pdl_sync();
     const int n_tv = sb.slots ? TQ_VIT_SPEC * n_v : n_v;  // thread blocks of V
     if ((int) blockIdx.x < n_tv) {
         if (sb.slots) {

@@ -21,7 +21,7 @@ struct tq_fa_kcodes {
     using word_t = typename std::conditional<16 * n16 <= 32, uint32_t, uint64_t>::type;
 
     // byte: offset of the codes from the row (a 2-byte aligned row)
-    static __device__ __forceinline__ word_t load(const uint8_t * __restrict__ row, const int byte) {
+    static __device__ __forceinline__ word_t load(const uint8_t * GGML_CUDA_RESTRICT row, const int byte) {
         const word_t w = tq_fa_ld16<n16, word_t>(row + (byte & ~1));
         return odd ? w >> (8 * (byte & 1)) : w;
     }
@@ -225,6 +225,9 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
 
     const tq_fa_pos bp = tq_fa_block_pos(p);
 
+    // programmatic dependent launch (sm_90, tq_fattn_launch): the next kernel may be scheduled now, and this one
+    // builds its tables from kernel arguments while the previous one finishes; global memory only after the sync
+    ggml_cuda_pdl_lc();
     tq_fa_fill_vtab<type_V, TQ_FA_NTHREADS>(s_vtab, vtab);
     if constexpr (KPAIR) {
         if (tid < 16) {
@@ -236,6 +239,7 @@ static __global__ void tq_k_fattn_vec(const tq_fattn_params p, const tq_cuda_tab
             s_ktab[i] = ktab.v[i];
         }
     }
+    ggml_cuda_pdl_sync();
 
     // K lane mapping: row in the pass, chunk of KE values
     const int k_rg  = lane / KL;
@@ -682,6 +686,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
 
     const tq_fa_pos bp = tq_fa_block_pos(p);
 
+    // programmatic dependent launch, as in tq_k_fattn_vec: the tables before the sync, global memory after it
+    ggml_cuda_pdl_lc();
     if constexpr (VPR) {
         tq_fa_fill_vpair<type_V, TQ_FA_NTHREADS>((uint32_t *) s_vtab, s_vlv, vtab);
     } else {
@@ -690,6 +696,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     for (int i = tid; i < NKP; i += TQ_FA_NTHREADS) {
         s_kpair[i] = tq_fa_h2(ktab.v[i & ((1 << KB) - 1)], ktab.v[i >> KB]);
     }
+    ggml_cuda_pdl_sync();
 
     // B fragments of Q (column g): tile j of block bk holds the dims 64 bk + 16 t + 4 j + (0, 1) and + (2, 3)
     uint32_t qf[NB * 4][2];
@@ -1001,32 +1008,28 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
 
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
 void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream) {
-    const dim3 grid(p.n_kv_head * p.n_col_grp, p.n_seq, p.n_split);
+    // with programmatic dependent launch where ggml-cuda uses it (tq_cuda_launch)
+    const ggml_cuda_kernel_launch_params lp(dim3(p.n_kv_head * p.n_col_grp, p.n_seq, p.n_split), dim3(TQ_FA_NTHREADS),
+                                            0, stream);
+    const tq_cuda_tab<type_K>            kt = tq_cuda_host_tab<type_K>();
+    const tq_cuda_tab<type_V>            vt = tq_cuda_host_tab<type_V>();
     if constexpr (tq_cuda_fmt<type_V>::n_out == 0) {
         if constexpr (tq_fa_vpair<type_V>()) {
             if (p.mma == 3) {
-                tq_k_fattn_mma<D, type_K, type_V, NC, false, false>
-                    <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
-                CUDA_CHECK(cudaGetLastError());
+                tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, false>, lp, p, kt, vt);
                 return;
             }
         }
         if (p.mma == 2) {
-            tq_k_fattn_mma<D, type_K, type_V, NC, true, true>
-                <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
-            CUDA_CHECK(cudaGetLastError());
+            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, true, true>, lp, p, kt, vt);
             return;
         }
         if (p.mma != 0) {
-            tq_k_fattn_mma<D, type_K, type_V, NC, false, true>
-                <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
-            CUDA_CHECK(cudaGetLastError());
+            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, true>, lp, p, kt, vt);
             return;
         }
     }
-    tq_k_fattn_vec<D, type_K, type_V, NC>
-        <<<grid, TQ_FA_NTHREADS, 0, stream>>>(p, tq_cuda_host_tab<type_K>(), tq_cuda_host_tab<type_V>());
-    CUDA_CHECK(cudaGetLastError());
+    tq_cuda_launch(tq_k_fattn_vec<D, type_K, type_V, NC>, lp, p, kt, vt);
 }
 
 // instances of one head size D: NC = 2, 4, 8 query columns per block for every compiled pair

@@ -1,6 +1,7 @@
 // llama-tq: host side of the flash-attention decode kernel over ktq / vtq caches (see tq-fattn.cuh):
 // which nodes it takes, the KV split, the combine kernel.
 
+#include "tq-cuda-bits.cuh"
 #include "tq-fattn.cuh"
 
 #include <algorithm>
@@ -122,12 +123,14 @@ static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int 
 // splits are computed in parallel (one split per thread) into shared memory; then thread (g, e) sums the
 // splits g, g + G, ... of element e with independent loads, and the G partial sums meet in shared memory.
 static __global__ void __launch_bounds__(TQ_FA_COMBINE_THREADS)
-tq_k_fattn_combine(const float * __restrict__ part, const float2 * __restrict__ part_ml,
-                   const float * __restrict__ sinks, float * __restrict__ dst, const int D, const int n_rows,
+tq_k_fattn_combine(const float * GGML_CUDA_RESTRICT part, const float2 * GGML_CUDA_RESTRICT part_ml,
+                   const float * GGML_CUDA_RESTRICT sinks, float * GGML_CUDA_RESTRICT dst, const int D, const int n_rows,
                    const int n_split, const int n_head) {
     extern __shared__ float s_mem[];  // [n_split] weights, then [TQ_FA_COMBINE_THREADS] partial sums
     __shared__ float s_red[TQ_FA_COMBINE_THREADS / WARP_SIZE];
     __shared__ float s_m;
+    ggml_cuda_pdl_lc();  // programmatic dependent launch (tq_fattn_cuda): every global read after the sync
+    ggml_cuda_pdl_sync();
     __shared__ float s_l;
     float * s_w   = s_mem;
     float * s_acc = s_mem + n_split;
@@ -276,8 +279,9 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
 
     if (p.n_split > 1) {
         const size_t smem = (size_t) (p.n_split + TQ_FA_COMBINE_THREADS) * sizeof(float);
-        tq_k_fattn_combine<<<p.n_rows, TQ_FA_COMBINE_THREADS, smem, stream>>>(p.part, p.part_ml, p.sinks, p.dst, D,
-                                                                             p.n_rows, p.n_split, p.n_head);
-        CUDA_CHECK(cudaGetLastError());
+        tq_cuda_launch(tq_k_fattn_combine,
+                                ggml_cuda_kernel_launch_params(dim3(p.n_rows), dim3(TQ_FA_COMBINE_THREADS), smem, stream),
+                                (const float *) p.part, (const float2 *) p.part_ml, p.sinks, p.dst, D, p.n_rows,
+                                p.n_split, p.n_head);
     }
 }
