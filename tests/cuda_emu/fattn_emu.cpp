@@ -105,6 +105,7 @@ struct fa_case {
     int       n_sm;          // the multiprocessors the split heuristic assumes (0: one split)
     bool      q_permuted;    // Q as the graph gives it: the heads of a token contiguous
     int       out_pos_mask;  // outlier position bytes: 63, or 255 (the kernel must use the low 6 bits)
+    bool      rot;           // the output's Hadamard rotation fused in (p.rot: tq_cuda_try_fuse_fattn_rot)
 };
 
 struct fa_pair {
@@ -156,6 +157,7 @@ static std::vector<fa_case> make_cases(const std::vector<fa_pair> & pairs, const
                     c.n_sm         = n_sms[(i / 3) % 3];
                     c.q_permuted   = (i / 4) % 2 == 0;
                     c.out_pos_mask = (i / 8) % 2 ? 255 : 63;
+                    c.rot          = (i / 16) % 3 == 1;
                     cases.push_back(c);
                 }
             }
@@ -192,6 +194,7 @@ static std::vector<fa_case> make_cases(const std::vector<fa_pair> & pairs, const
                     c.n_sm         = split ? 132 : 0;
                     c.q_permuted   = split;
                     c.out_pos_mask = 255;
+                    c.rot          = split;
                     cases.push_back(c);
                 }
             }
@@ -316,6 +319,7 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
     p.V               = (const char *) vb;
     p.mask            = has_mask ? (const char *) mh : nullptr;
     p.sinks           = c.sinks ? sinks : nullptr;
+    p.rot             = c.rot;
     const float scale = 1.0f / sqrtf((float) D);
     p.scale           = scale;
     p.max_bias        = c.max_bias;
@@ -471,11 +475,23 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
                         acc[e] += w * v[e];
                     }
                 }
+                for (int e = 0; e < D; ++e) {
+                    acc[e] = l > 0.0 ? acc[e] / l : 0.0;
+                }
+                if (c.rot) {  // the Hadamard matrix of size D (Sylvester order), times 1 / sqrt(D), in double
+                    std::vector<double> r(D, 0.0);
+                    for (int e = 0; e < D; ++e) {
+                        for (int k = 0; k < D; ++k) {
+                            r[e] += (__builtin_popcount(e & k) % 2 ? -acc[k] : acc[k]) / sqrt((double) D);
+                        }
+                    }
+                    acc = r;
+                }
                 const float * o       = &out[(((size_t) s * c.n_tok + t) * n_head + h) * D];
                 double        max_ref = 0.0;
                 double        max_err = 0.0;
                 for (int e = 0; e < D; ++e) {
-                    const double ref = l > 0.0 ? acc[e] / l : 0.0;
+                    const double ref = acc[e];
                     finite           = finite && std::isfinite(o[e]);
                     max_ref          = std::max(max_ref, fabs(ref));
                     max_err          = std::max(max_err, fabs(ref - o[e]));
@@ -495,11 +511,12 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
 
 static void print_case(const char * tag, const int index, const fa_case & c, const fa_result & r) {
     printf("%s case %d: D=%d %s/%s tok=%d gqa=%d kv_heads=%d seq=%d n_kv=%d NC=%d split=%d mask=%s%s sinks=%d "
-           "alibi=%g softcap=%g q=%s out_pos=%d err=%.3g%s\n",
+           "alibi=%g softcap=%g q=%s out_pos=%d rot=%d err=%.3g%s\n",
            tag, index, c.D, tq_type_name(tq_of(c.type_k)), tq_type_name(tq_of(c.type_v)), c.n_tok, c.gqa,
            c.n_kv_head, c.n_seq, c.n_kv, r.nc, r.n_split, emu_mask_name(c.mask),
            c.mask != EMU_MASK_NONE && c.mask_bcast ? "(ne33=1)" : "", c.sinks ? 1 : 0, c.max_bias, c.softcap,
-           c.q_permuted ? "permuted" : "contiguous", c.out_pos_mask, r.err, r.finite ? "" : " (non-finite output)");
+           c.q_permuted ? "permuted" : "contiguous", c.out_pos_mask, c.rot ? 1 : 0, r.err,
+           r.finite ? "" : " (non-finite output)");
 }
 
 // a fault (an access past the end of a guarded buffer, a lane's stack overflow) names the case before the

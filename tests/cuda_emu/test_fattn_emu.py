@@ -19,7 +19,10 @@ variant that stages each chunk's rows in shared memory (`--mma-stage`) and its f
 (`--mma-nopair`, forward order). Mutated copies of the kernel (a barrier
 removed in either form or after the staging copy, the outlier slot order swapped, the 3-bit K code alignment
 dropped, the P fragment's row pairs swapped, the V block scale dropped, in vtq2's pair-table path the scale
-dropped or two rows of an A register swapped) must fail.
+dropped or two rows of an A register swapped, in the fused output rotation a butterfly stage's barrier or the
+1 / sqrt(D) dropped) must fail. A third of the short cases and the split long cases rotate the output by the
+Hadamard transform (upstream's attn_rot on the attention output, fused into the kernel: p.rot); the reference
+multiplies by the Hadamard matrix in float64.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers (a shuffle synchronizes the lanes
 here, so the __syncwarp at the end of a chunk, whose accesses a shuffle also separates, can be removed
@@ -207,6 +210,23 @@ MUTATIONS = [
         "X(KTQ2, VTQ2_2)",
         48,
         MMA_ARGS,
+    ),
+    # the output's fused Hadamard rotation: a butterfly stage reads values another thread has not written yet
+    Mutation(
+        "rot-stage-barrier",
+        "                s_out[lo + h]  = a - b;\n            }\n            __syncthreads();\n",
+        "                s_out[lo + h]  = a - b;\n            }\n",
+        "X(KTQ2, VTQ2_2)",
+        48,
+        MMA_ARGS,
+    ),
+    # ... or its 1 / sqrt(D) left out
+    Mutation(
+        "rot-scale",
+        "        rs = 1.0f / sqrtf((float) D);\n",
+        "        rs = 1.0f;\n",
+        "X(KTQ3, VTQ3_3)",
+        48,
     ),
 ]
 

@@ -7,6 +7,7 @@
 #include "tq-cuda.cuh"
 #include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
+#include "tq-fattn.cuh"
 
 #include <cstdlib>
 #include <cstring>
@@ -494,6 +495,9 @@ static bool tq_encode_kv_cuda_pair(ggml_backend_cuda_context & ctx, const ggml_t
 }
 
 int tq_cuda_try_fuse(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    if (const int n = tq_cuda_try_fuse_fattn_rot(ctx, cgraph, i)) {
+        return n;
+    }
     static const char * no_fusion = getenv("LLAMA_TQ_CUDA_NO_KV_FUSION");
     static const bool   disabled  = no_fusion != nullptr && atoi(no_fusion) != 0;
     if (disabled || i + 2 >= cgraph->n_nodes) {

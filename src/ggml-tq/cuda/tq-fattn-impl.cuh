@@ -125,11 +125,30 @@ static __device__ __forceinline__ void tq_fa_block_ml(const float (&s_wm)[TQ_FA_
 }
 
 // writes the block's result s_out[NC][D] (unnormalized, with the columns' mb and lb): normalized into dst when
-// the KV rows are not split, else into the split's partial rows for the combine kernel
+// the KV rows are not split, else into the split's partial rows for the combine kernel. With p.rot each column
+// first goes through the Hadamard transform of size D in place (the butterflies of ggml-cuda's fwht, Sylvester
+// order), its 1/sqrt(D) applied in the write; the transform is linear, so the combine of rotated partial rows is
+// the rotated result. All threads of the block call it, after a barrier that completes s_out.
 template <int D, int NC>
-static __device__ __forceinline__ void tq_fa_write_out(const tq_fattn_params & p, const float * s_out,
+static __device__ __forceinline__ void tq_fa_write_out(const tq_fattn_params & p, float * s_out,
                                                        const float (&mb)[NC], const float (&lb)[NC], const int kvh,
                                                        const int cg, const int seq, const int split) {
+    float rs = 1.0f;
+    if (p.rot) {
+#pragma unroll 1
+        for (int h = 1; h < D; h *= 2) {
+            for (int i = threadIdx.x; i < NC * D / 2; i += TQ_FA_NTHREADS) {
+                const int   j  = i % (D / 2);
+                const int   lo = (i / (D / 2)) * D + (j / h) * 2 * h + j % h;
+                const float a  = s_out[lo];
+                const float b  = s_out[lo + h];
+                s_out[lo]      = a + b;
+                s_out[lo + h]  = a - b;
+            }
+            __syncthreads();
+        }
+        rs = 1.0f / sqrtf((float) D);
+    }
     for (int i = threadIdx.x; i < NC * D; i += TQ_FA_NTHREADS) {
         const int c  = i / D;
         const int gc = cg * NC + c;
@@ -154,10 +173,10 @@ static __device__ __forceinline__ void tq_fa_write_out(const tq_fattn_params & p
                 f  = expf(mc - mf);
                 lc = lc * f + expf(sink - mf);
             }
-            p.dst[o * D + i % D] = lc > 0.0f ? s_out[i] * f / lc : 0.0f;
+            p.dst[o * D + i % D] = lc > 0.0f ? s_out[i] * rs * f / lc : 0.0f;
         } else {
             const int64_t po = (int64_t) split * p.n_rows + o;
-            p.part[po * D + i % D] = s_out[i];
+            p.part[po * D + i % D] = s_out[i] * rs;
             if (i % D == 0) {
                 p.part_ml[po] = make_float2(mc, lc);
             }

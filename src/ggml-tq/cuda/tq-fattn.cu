@@ -3,6 +3,7 @@
 
 #include "tq-cuda-bits.cuh"
 #include "tq-fattn.cuh"
+#include "fwht.cuh"
 
 #include <algorithm>
 #include <cfloat>
@@ -202,7 +203,7 @@ tq_k_fattn_combine(const float * GGML_CUDA_RESTRICT part, const float2 * GGML_CU
     }
 }
 
-void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
+void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst, ggml_tensor * rot_dst) {
     const ggml_tensor * Q     = dst->src[0];
     const ggml_tensor * K     = dst->src[1];
     const ggml_tensor * V     = dst->src[2];
@@ -217,7 +218,8 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     p.V     = (const char *) V->data;
     p.mask  = mask ? (const char *) mask->data : nullptr;
     p.sinks = sinks ? (const float *) sinks->data : nullptr;
-    p.dst   = (float *) dst->data;
+    p.dst   = (float *) (rot_dst ? rot_dst->data : dst->data);
+    p.rot   = rot_dst != nullptr;
 
     memcpy(&p.scale, (const float *) dst->op_params + 0, sizeof(float));
     memcpy(&p.max_bias, (const float *) dst->op_params + 1, sizeof(float));
@@ -284,4 +286,37 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
                                 (const float *) p.part, (const float2 *) p.part_ml, p.sinks, p.dst, D, p.n_rows,
                                 p.n_split, p.n_head);
     }
+}
+
+int tq_cuda_try_fuse_fattn_rot(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, const int i) {
+    static const char * env = getenv("LLAMA_TQ_CUDA_FUSE_ROT");
+    static const bool   on  = env != nullptr && atoi(env) != 0;
+    ggml_tensor *       fa  = cgraph->nodes[i];
+    if (!on || fa->op != GGML_OP_FLASH_ATTN_EXT || !ggml_is_contiguous(fa) || !tq_cuda_fattn_applies(fa) ||
+        !ctx.stream_context().concurrent_events.empty()) {
+        return 0;
+    }
+    // FA, RESHAPE..., MUL_MAT(rot, last reshape): each node before the MUL_MAT used once (by the next one) and
+    // not a graph output, so nothing else reads the unrotated result that is never written
+    const ggml_tensor * prev = fa;
+    for (int j = i + 1; j < cgraph->n_nodes && j <= i + 4; ++j) {
+        if (ggml_node_get_use_count(cgraph, j - 1) != 1 || (prev->flags & GGML_TENSOR_FLAG_OUTPUT)) {
+            return 0;
+        }
+        ggml_tensor * node = cgraph->nodes[j];
+        if (node->op == GGML_OP_RESHAPE && node->src[0] == prev) {
+            prev = node;
+            continue;
+        }
+        // ggml-cuda runs this MUL_MAT as its fast Walsh-Hadamard transform (the hint says src0 is the Hadamard
+        // matrix): the same transform of size D on each row
+        if (node->op != GGML_OP_MUL_MAT || node->src[1] != prev || (node->flags & GGML_TENSOR_FLAG_COMPUTE) == 0 ||
+            !ggml_cuda_op_mul_mat_use_fwht(node) || node->src[0]->ne[0] != fa->ne[0] ||
+            ggml_nelements(node) != ggml_nelements(fa)) {
+            return 0;
+        }
+        tq_cuda_fattn(ctx, fa, node);
+        return j - i;
+    }
+    return 0;
 }

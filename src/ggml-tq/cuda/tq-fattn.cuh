@@ -67,6 +67,8 @@ struct tq_fattn_params {
     int     ne33;
     int     mma;  // 1: the tensor-core form tq_k_fattn_mma (a V type without outlier slots, sm_80+), 2: its staging
                   // variant, 3: vtq2 without its pair table (one lookup per value, for comparison)
+    int     rot;  // 1: the output goes through the Hadamard transform of size D (upstream's attn_rot of the
+                  // attention output, fused: tq_cuda_try_fuse_fattn_rot); dst is then the rotation's output
     int64_t nb01, nb02, nb03;
     int64_t nb11, nb12, nb13;
     int64_t nb21, nb22, nb23;
@@ -80,4 +82,11 @@ void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream);
 // true if tq_cuda_fattn runs this FLASH_ATTN_EXT node (a K/V pair of ours that is compiled, decode-sized)
 bool tq_cuda_fattn_applies(const ggml_tensor * dst);
 
-void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst);
+void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst, ggml_tensor * rot_dst = nullptr);
+
+// LLAMA_TQ_CUDA_FUSE_ROT=1: when node i is a FLASH_ATTN_EXT that tq_cuda_fattn runs and the next nodes are
+// reshapes of its output into the MUL_MAT of upstream's output rotation (llama_mul_mat_hadamard: a Hadamard
+// matrix of size D, run by ggml-cuda's fwht), runs both as one launch (the decode kernel writes the rotated
+// output) and returns the number of nodes after i it covered; else 0
+struct ggml_cgraph;
+int tq_cuda_try_fuse_fattn_rot(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
