@@ -20,7 +20,8 @@
 #   TQ_ARCHS       CMAKE_CUDA_ARCHITECTURES (default 90)
 #   TQ_FA_QUANTS   GGML_CUDA_FA_QUANTS (default: upstream's default set)
 #   TQ_FA_PAIRS    LLAMA_TQ_CUDA_FA_PAIRS: K/V pairs with our decode kernel (default: its default set)
-#   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS")
+#   TQ_OPS         ops to test (default "SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS TQ_FA_ROT"; TQ_FA_ROT:
+#                  attention and the output's Hadamard rotation, fused under LLAMA_TQ_CUDA_FUSE_ROT=1, see TQ_TEST_ENVS)
 #   TQ_TEST_FILTER test-backend-ops -p pattern (e.g. "ktq|vtq": only the llama-tq cases; default: all cases)
 #   TQ_TEST_ENVS   the test-backend-ops runs again under each of these environments, a word each: comma-separated
 #                  assignments or - (none), e.g. "- LLAMA_TQ_CUDA_FA_MMA=1,LLAMA_TQ_CUDA_FA_STAGE=1" (default -)
@@ -41,6 +42,8 @@
 #                  +no-vit-spec) or 1 (label +vit-spec)
 #   TQ_BENCH_PDL   "default", "0" or "default 0": runs with LLAMA_TQ_CUDA_PDL unset or 0 (our decode-step kernels
 #                  launched without programmatic dependent launch; label +no-pdl)
+#   TQ_BENCH_FUSE_ROT "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_FUSE_ROT (1: the decode kernel writes the attention
+#                  output's Hadamard rotation itself; label +fuse-rot)
 #   TQ_BENCH_DEQUANT8 "1", "0" or "1 0": runs with LLAMA_TQ_CUDA_DEQUANT8 (0: the one-value-per-thread f16
 #                  converter of K/V for prefill instead of the eight-value one; label +dequant1)
 #   TQ_BENCH_NO_KV_FUSION "0", "1" or "0 1": runs with LLAMA_TQ_CUDA_NO_KV_FUSION (a decode step's K and V writes as
@@ -74,7 +77,7 @@ OUT=${OUT:-$ROOT/gpu-check-out}
 TQ_TAR=${TQ_TAR:-$ROOT/.carry/cuda-src.tar.gz}
 TQ_BUILD=${TQ_BUILD:-/tmp/build}
 TQ_ARCHS=${TQ_ARCHS:-90}
-TQ_OPS=${TQ_OPS:-"SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS"}
+TQ_OPS=${TQ_OPS:-"SET_ROWS GET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS TQ_FA_ROT"}
 TQ_BENCH_DEPTHS=${TQ_BENCH_DEPTHS:-0,8192}
 TQ_BENCH_PAIRS=${TQ_BENCH_PAIRS:-"f16/f16 q8_0/q8_0 q4_0/q4_0 ktq2/vtq2 ktq4/vtq3"}
 TQ_BENCH_REPS=${TQ_BENCH_REPS:-3}
@@ -209,7 +212,7 @@ if [ "${TQ_SANITIZE:-0}" = 1 ]; then
         # the encoders share memory within a warp (trellis Viterbi) and the decode kernel stages tiles in
         # shared memory: racecheck the ops that run them (TQ_KV_SET_ROWS: the fused K + V kernel and, at its
         # prefill size, the one-warp trellis form)
-        for op in SET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS; do
+        for op in SET_ROWS CPY FLASH_ATTN_EXT TQ_KV_SET_ROWS TQ_FA_ROT; do
             case " $TQ_OPS " in *" $op "*) ;; *) continue ;; esac
             stamp "racecheck $op"
             timeout "${TQ_SANITIZE_TIMEOUT:-300}" "$CS" --tool racecheck --error-exitcode 9 "$TBO" test -b CUDA0 -o "$op" -p "ktq|vtq" >> "$OUT/sanitize.log" 2>&1
@@ -250,6 +253,7 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                for dq8 in ${TQ_BENCH_DEQUANT8:-1}; do
                 for vspec in ${TQ_BENCH_VIT_SPEC:-default}; do
                  for pdl in ${TQ_BENCH_PDL:-default}; do
+                  for frot in ${TQ_BENCH_FUSE_ROT:-0}; do
                 label=$shape
                 [ "$gopt" = 1 ] && label=$label+graph-opt
                 [ "$nofuse" = 1 ] && label=$label+no-kv-fusion
@@ -261,6 +265,7 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                 [ "$vspec" = 0 ] && label=$label+no-vit-spec
                 [ "$vspec" = 1 ] && label=$label+vit-spec
                 [ "$pdl" = 0 ] && label=$label+no-pdl
+                [ "$frot" = 1 ] && label=$label+fuse-rot
                 stamp "bench $label"
                 famma_env=()
                 case $famma in
@@ -271,11 +276,12 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                 [ "$vspec" != default ] && famma_env+=(LLAMA_TQ_CUDA_VIT_SPEC=$vspec)
                 [ "$pdl" != default ] && famma_env+=(LLAMA_TQ_CUDA_PDL=$pdl)
                 env "${famma_env[@]}" GGML_CUDA_GRAPH_OPT=$gopt LLAMA_TQ_CUDA_NO_KV_FUSION=$nofuse \
-                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 python3 "$ROOT/benchmarks/kv_speed.py" \
+                    LLAMA_TQ_CUDA_DEQUANT8=$dq8 LLAMA_TQ_CUDA_FUSE_ROT=$frot python3 "$ROOT/benchmarks/kv_speed.py" \
                     --bench "$BLD/bin/llama-bench" --model "$M/rand-$shape-q4_k_m.gguf" --label "$label" \
                     --pairs "$(echo $TQ_BENCH_PAIRS | tr ' ' ',')" --depths "$TQ_BENCH_DEPTHS" --reps "$TQ_BENCH_REPS" \
                     --out "$OUT/kv_speed" >> "$OUT/bench.log" 2>&1
                 say "llama-bench $label rc $?"
+                  done
                  done
                 done
                done
