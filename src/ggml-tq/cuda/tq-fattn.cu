@@ -316,6 +316,11 @@ int tq_cuda_try_fuse_fattn_rot(ggml_backend_cuda_context & ctx, const ggml_cgrap
             return 0;
         }
         tq_cuda_fattn(ctx, fa, node);
+        static bool said = false;  // opt-in: say once that it took effect
+        if (!said) {
+            said = true;
+            GGML_LOG_INFO("llama-tq: the attention output's Hadamard rotation runs inside the decode kernel (LLAMA_TQ_CUDA_FUSE_ROT)\n");
+        }
         return j - i;
     }
     return 0;
