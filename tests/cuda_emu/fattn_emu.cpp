@@ -480,9 +480,10 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
                 }
                 if (c.rot) {  // the Hadamard matrix of size D (Sylvester order), times 1 / sqrt(D), in double
                     std::vector<double> r(D, 0.0);
+                    const double        rs = 1.0 / sqrt((double) D);
                     for (int e = 0; e < D; ++e) {
                         for (int k = 0; k < D; ++k) {
-                            r[e] += (__builtin_popcount(e & k) % 2 ? -acc[k] : acc[k]) / sqrt((double) D);
+                            r[e] += (__builtin_popcount(e & k) % 2 ? -acc[k] : acc[k]) * rs;
                         }
                     }
                     acc = r;

@@ -463,9 +463,9 @@ static void tq_encode_kv_cuda(ggml_backend_cuda_context & ctx, const tq_cuda_loc
         n_tv      = TQ_VIT_SPEC * n_v;
     }
     // with programmatic dependent launch where ggml-cuda uses it (tq_cuda_launch)
-    tq_cuda_launch(tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows>,
-                            ggml_cuda_kernel_launch_params(dim3((unsigned) (n_tv + n_k)), dim3(TQ_VIT_THREADS), 0, stream),
-                            loc_k, tq_cuda_host_cb_params<type_k>(), loc_v, tab, tq_cuda_tab_max(tab), (int) n_v, sb);
+    const ggml_cuda_kernel_launch_params lp(dim3((unsigned) (n_tv + n_k)), dim3(TQ_VIT_THREADS), 0, stream);
+    tq_cuda_launch(tq_k_encode_kv<type_k, type_v, tq_cuda_loc_set_rows>, lp, loc_k, tq_cuda_host_cb_params<type_k>(),
+                   loc_v, tab, tq_cuda_tab_max(tab), (int) n_v, sb);
 }
 
 // K: ktq2/3/4, V: the trellis types (vtq*_2, vtq*_3); false for other pairs

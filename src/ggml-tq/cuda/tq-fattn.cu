@@ -125,8 +125,8 @@ static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int 
 // splits g, g + G, ... of element e with independent loads, and the G partial sums meet in shared memory.
 static __global__ void __launch_bounds__(TQ_FA_COMBINE_THREADS)
 tq_k_fattn_combine(const float * GGML_CUDA_RESTRICT part, const float2 * GGML_CUDA_RESTRICT part_ml,
-                   const float * GGML_CUDA_RESTRICT sinks, float * GGML_CUDA_RESTRICT dst, const int D, const int n_rows,
-                   const int n_split, const int n_head) {
+                   const float * GGML_CUDA_RESTRICT sinks, float * GGML_CUDA_RESTRICT dst, const int D,
+                   const int n_rows, const int n_split, const int n_head) {
     extern __shared__ float s_mem[];  // [n_split] weights, then [TQ_FA_COMBINE_THREADS] partial sums
     __shared__ float s_red[TQ_FA_COMBINE_THREADS / WARP_SIZE];
     __shared__ float s_m;
@@ -281,10 +281,9 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst, ggml_tens
 
     if (p.n_split > 1) {
         const size_t smem = (size_t) (p.n_split + TQ_FA_COMBINE_THREADS) * sizeof(float);
-        tq_cuda_launch(tq_k_fattn_combine,
-                                ggml_cuda_kernel_launch_params(dim3(p.n_rows), dim3(TQ_FA_COMBINE_THREADS), smem, stream),
-                                (const float *) p.part, (const float2 *) p.part_ml, p.sinks, p.dst, D, p.n_rows,
-                                p.n_split, p.n_head);
+        const ggml_cuda_kernel_launch_params lp(dim3(p.n_rows), dim3(TQ_FA_COMBINE_THREADS), smem, stream);
+        tq_cuda_launch(tq_k_fattn_combine, lp, (const float *) p.part, (const float2 *) p.part_ml, p.sinks, p.dst, D,
+                       p.n_rows, p.n_split, p.n_head);
     }
 }
 
@@ -319,7 +318,8 @@ int tq_cuda_try_fuse_fattn_rot(ggml_backend_cuda_context & ctx, const ggml_cgrap
         static bool said = false;  // opt-in: say once that it took effect
         if (!said) {
             said = true;
-            GGML_LOG_INFO("llama-tq: the attention output's Hadamard rotation runs inside the decode kernel (LLAMA_TQ_CUDA_FUSE_ROT)\n");
+            GGML_LOG_INFO("llama-tq: the attention output's Hadamard rotation runs inside the decode kernel "
+                          "(LLAMA_TQ_CUDA_FUSE_ROT)\n");
         }
         return j - i;
     }
