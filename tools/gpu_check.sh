@@ -69,7 +69,7 @@
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
 #                  "tq_k_fattn_vec:8192 tq_k_encode_trellis:0 tq_k_encode_codebook:0")
-#   TQ_SKIP_TESTS=1  skip test-backend-ops
+#   TQ_SKIP_TESTS=1  skip test-backend-ops (not built then)
 set -u -o pipefail
 
 ROOT=$(pwd)
@@ -149,10 +149,12 @@ cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DC
     -DLLAMA_BUILD_NUMBER=11312 -DLLAMA_BUILD_COMMIT=0c1e570 \
     -DLLAMA_TQ_SRC_DIR="$TQ_BUILD/src/llama-tq-src" "${FA_ARG[@]}" > "$OUT/build.log" 2>&1 \
     || { tail -30 "$OUT/build.log"; say "configure FAILED"; exit 1; }
-TARGETS=(test-backend-ops)
+TARGETS=()
+[ "${TQ_SKIP_TESTS:-0}" = 1 ] || TARGETS=(test-backend-ops)  # TQ_SKIP_TESTS=1: not built (a shorter cold build)
 [ "${TQ_BENCH:-0}" = 1 ] || [ "${TQ_PROFILE:-0}" = 1 ] || [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
 [ "${TQ_QUALITY:-0}" = 1 ] && TARGETS+=(llama-perplexity llama-quantize)
 [ "${TQ_FINETUNE:-0}" = 1 ] && TARGETS+=(llama-finetune llama-quantize)
+[ ${#TARGETS[@]} -eq 0 ] && TARGETS=(test-backend-ops)
 stamp "build ${TARGETS[*]}"
 tb=$(date +%s)
 if ! cmake --build "$BLD" --target "${TARGETS[@]}" -j "$(nproc)" >> "$OUT/build.log" 2>&1; then
@@ -348,7 +350,8 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
                 stamp "ncu detail $kn depth $depth"
                 timeout 180 "$NCU" --clock-control none --kernel-name "regex:$kn" --launch-skip 20 --launch-count 4 \
                     --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-                    --section MemoryWorkloadAnalysis --section SchedulerStats --metrics "$STALLS" \
+                    --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables --section SchedulerStats \
+                    --section InstructionStats --section ComputeWorkloadAnalysis --metrics "$STALLS" \
                     "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk ktq2 -ctv vtq2 -p 0 -n 8 -r 1 -d "$depth" \
                     > "$rep" 2>&1 || say "  ncu detail $kn rc $?"
                 grep -E "^  [a-z_]+.*\(|Duration|Achieved Occupancy|Theoretical Occupancy|Registers Per|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Block Limit|Issue Slots Busy|No Eligible|Warp Cycles Per Issued|Active Warps Per|Eligible Warps|Stall|stalled|L1/TEX Hit|Grid Size|Waves Per" "$rep" \
