@@ -645,6 +645,8 @@ static __device__ __forceinline__ void tq_fa_stage_rows(uint8_t * sk, uint8_t * 
     }
 }
 
+#define TQ_FA_MMA_P_PAD 8  // f16 values after each column of s_p in tq_k_fattn_mma (a row stays 16-byte aligned)
+
 // The same blocks, splits and warp chunks as tq_k_fattn_vec, with Q·K and P·V on the tensor cores (mma.m16n8k16,
 // f16 inputs, f32 sums; sm_80 and later). Lane = 4 g + t; a chunk is two tiles of 16 rows.
 //   S = K Q^T per row tile and K block: A = the block's K levels of rows g, g + 8 (a lane reads 16 consecutive
@@ -693,7 +695,9 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     __shared__ __align__(16) float    s_vtab[VPR ? tq_fa_vpair_ntab<type_V>() * TQ_FA_VPREP : FV::ntab * VREP];
     __shared__ float                  s_vlv[VPR ? FV::ntab : 1];  // VPR: the levels, staged to build s_vtab
     __shared__ uint32_t               s_kpair[NKP];  // f16 pair (level[c & (2^b - 1)], level[c >> b])
-    __shared__ __align__(16) uint16_t s_p[NW][8][RW];  // a warp's probabilities (f16): [column][row]
+    // a warp's probabilities (f16): [column][row]; the 4 lanes of a g store to columns 2 t + u, 32 words apart
+    // unpadded (one bank: 4-way conflicts, Nsight Compute), 40 words apart padded (4 banks)
+    __shared__ __align__(16) uint16_t s_p[NW][8][RW + TQ_FA_MMA_P_PAD];
     __shared__ __align__(16) uint8_t  s_kv[NW][ST ? RW * (SK + SV) : 4];  // ST: a warp's K rows, V rows
     __shared__ tq_fa_result<D, NC>    s_res;
 

@@ -87,6 +87,7 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst, ggml_tens
 // LLAMA_TQ_CUDA_FUSE_ROT=1: when node i is a FLASH_ATTN_EXT that tq_cuda_fattn runs and the next nodes are
 // reshapes of its output into the MUL_MAT of upstream's output rotation (llama_mul_mat_hadamard: a Hadamard
 // matrix of size D, run by ggml-cuda's fwht), runs both as one launch (the decode kernel writes the rotated
-// output) and returns the number of nodes after i it covered; else 0
+// output) and returns the number of nodes after i it covered; else 0. Opt-in: on the H200 no faster at depth 0
+// and 6 % slower at 131072, where every KV split rotates its partial rows (docs/results.md)
 struct ggml_cgraph;
 int tq_cuda_try_fuse_fattn_rot(ggml_backend_cuda_context & ctx, const ggml_cgraph * cgraph, int i);
