@@ -100,6 +100,8 @@ def plot(table: dict, path: Path) -> bool:
     import matplotlib.pyplot as plt
 
     labels = sorted({k[0] for k in table})
+    if len({k[2] for k in table}) == 1:
+        return _plot_variants(plt, table, labels, path)
     fig, axes = plt.subplots(len(labels), 2, figsize=(13, 4.5 * len(labels)), squeeze=False)
     for row, label in enumerate(labels):
         pairs = sorted({k[1] for k in table if k[0] == label}, key=lambda p: (p != "f16/f16", p))
@@ -118,6 +120,34 @@ def plot(table: dict, path: Path) -> bool:
             ax.set_title(f"{label}: {'prefill' if kind == 'pp' else 'decode'}")
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def _plot_variants(plt, table: dict, labels: list[str], path: Path) -> bool:
+    """One depth only (runs that compare switches): grouped bars of t/s per run label, one bar per pair."""
+    depth = next(iter(table))[2]
+    pairs = sorted({k[1] for k in table}, key=lambda p: (p != "f16/f16", p))
+    width = 0.8 / len(pairs)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 2.2 * len(labels)) * 2, 5), squeeze=False)
+    for col, kind in enumerate(("pp", "tg")):
+        ax = axes[0][col]
+        for i, pair in enumerate(pairs):
+            vals = [table.get((label, pair, depth), {}) for label in labels]
+            xs = [j + (i - (len(pairs) - 1) / 2) * width for j in range(len(labels))]
+            bars = ax.bar(xs, [v.get(kind, 0.0) for v in vals], width, yerr=[v.get(kind + "_sd", 0.0) for v in vals],
+                          capsize=3, label=pair)
+            for bar, label, v in zip(bars, labels, vals, strict=True):
+                base = table.get((label, "f16/f16", depth), {}).get(kind)
+                if pair != "f16/f16" and base and kind in v:
+                    ax.annotate(f"{v[kind] / base:.2f}×", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                                ha="center", va="bottom", fontsize=8, xytext=(0, 6), textcoords="offset points")
+        ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right", fontsize=8)
+        ax.set_ylabel(f"{'pp512' if kind == 'pp' else 'tg64'} tokens/s")
+        ax.set_title(f"{'prefill' if kind == 'pp' else 'decode'} at depth {depth} (ratio to f16 above the bars)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return True
