@@ -278,18 +278,15 @@ class model {
 // Observes the graph's SET_ROWS nodes into the KV cache: their source rows are K/V exactly as the cache
 // type receives them (after upstream's Hadamard rotation, which is on for quantized cache types).
 struct kv_collector {
-    bool                                       active = false;
-    std::map<std::string, std::vector<float>>  rows;   // "k.<layer>" / "v.<layer>" -> row-major floats
+    bool                                       active  = false;
+    bool                                       queries = false;  // also the queries attention reads ("q.<layer>")
+    std::map<std::string, std::vector<float>>  rows;   // "k.<layer>" / "v.<layer>" / "q.<layer>" -> row-major floats
     std::map<std::string, int64_t>             width;  // values per row
 
-    // "k.5" for a SET_ROWS into cache_k_l5 (or cache_swa_k_l5 -> "swa_k.5"); empty if not a cache write
-    static std::string key_of(const ggml_tensor * t) {
-        if (t->op != GGML_OP_SET_ROWS) {
-            return {};
-        }
-        // SET_ROWS: src[0] = the rows, src[1] = their indices, src[2] = the destination (the node is a view of it,
-        // named after the cache it writes: "cache_k_l5 (view)")
-        for (const ggml_tensor * d = t; d; d = d == t ? t->src[2] : d->view_src) {
+    // "k.5" for cache_k_l5 (or cache_swa_k_l5 -> "swa_k.5"), from the first of d and its view sources named
+    // after a cache ("cache_k_l5 (view)"); empty if none
+    static std::string cache_key(const ggml_tensor * d) {
+        for (; d; d = d->view_src) {
             const std::string name = d->name;
             if (name.rfind("cache_", 0) == 0) {
                 const size_t l = name.rfind("_l");
@@ -302,14 +299,62 @@ struct kv_collector {
         return {};
     }
 
+    // "k.5" for a SET_ROWS into cache_k_l5; with queries, "q.5" for the FLASH_ATTN_EXT whose K is a view of
+    // cache_k_l5 ("swa_q.5" for cache_swa_k_l5); empty for any other node
+    std::string key_of(const ggml_tensor * t) const {
+        if (t->op == GGML_OP_SET_ROWS) {
+            // src[0] = the rows, src[1] = their indices, src[2] = the destination (the node is a view of it)
+            const std::string key = cache_key(t);
+            return key.empty() ? cache_key(t->src[2]) : key;
+        }
+        if (queries && t->op == GGML_OP_FLASH_ATTN_EXT) {
+            std::string key = cache_key(t->src[1]);
+            const size_t dot = key.find('.');
+            if (dot == std::string::npos || dot == 0 || key[dot - 1] != 'k') {
+                return {};
+            }
+            key[dot - 1] = 'q';
+            return key;
+        }
+        return {};
+    }
+
     static bool callback(ggml_tensor * t, bool ask, void * user_data) {
         auto * self = (kv_collector *) user_data;
         if (ask) {
-            return self->active && !key_of(t).empty();
+            return self->active && !self->key_of(t).empty();
         }
         const ggml_tensor * src = t->src[0];
-        const std::string   key = key_of(t);
-        if (key.empty() || !ggml_is_contiguous(src)) {
+        const std::string   key = self->key_of(t);
+        if (key.empty()) {
+            return true;
+        }
+        if (t->op == GGML_OP_FLASH_ATTN_EXT) {
+            // Q [head size, tokens, heads, sequences], f32, usually a permuted view: one row per token and
+            // sequence holding its heads one after the other, as the K rows hold the KV heads
+            if (src->type != GGML_TYPE_F32) {
+                return true;
+            }
+            std::vector<uint8_t> raw(ggml_nbytes(src));
+            ggml_backend_tensor_get(src, raw.data(), 0, raw.size());
+            auto &        out = self->rows[key];
+            const size_t  at  = out.size();
+            out.resize(at + ggml_nelements(src));
+            float * o = out.data() + at;
+            for (int64_t i3 = 0; i3 < src->ne[3]; ++i3) {
+                for (int64_t i1 = 0; i1 < src->ne[1]; ++i1) {
+                    for (int64_t i2 = 0; i2 < src->ne[2]; ++i2) {
+                        for (int64_t i0 = 0; i0 < src->ne[0]; ++i0) {
+                            memcpy(o++, raw.data() + i0 * src->nb[0] + i1 * src->nb[1] + i2 * src->nb[2] +
+                                            i3 * src->nb[3], sizeof(float));
+                        }
+                    }
+                }
+            }
+            self->width[key] = src->ne[0] * src->ne[2];
+            return true;
+        }
+        if (!ggml_is_contiguous(src)) {
             return true;
         }
         std::vector<uint8_t> raw(ggml_nbytes(src));
@@ -436,13 +481,15 @@ class context {
         return logits;
     }
 
-    // Decode tokens and return every K/V row written to the cache, keyed "k.<layer>" / "v.<layer>".
-    py::dict collect_kv(const std::vector<llama_token> & tokens) {
+    // Decode tokens and return every K/V row written to the cache, keyed "k.<layer>" / "v.<layer>"; with queries, also
+    // the queries of each layer's attention, "q.<layer>".
+    py::dict collect_kv(const std::vector<llama_token> & tokens, bool queries) {
         if (!collector_) {
             throw py::value_error("create the context with collect_kv=True to collect K/V rows");
         }
         collector_->rows.clear();
-        collector_->active = true;
+        collector_->active  = true;
+        collector_->queries = queries;
         try {
             decode(tokens, false);
         } catch (...) {
@@ -744,9 +791,10 @@ PYBIND11_MODULE(_core, m) {
              py::arg("n_threads") = 0, py::arg("offload_kqv") = true, py::arg("collect_kv") = false)
         .def("decode", &context::decode, py::arg("tokens"), py::arg("all_logits") = true,
              "Run tokens at the next positions; returns float32 logits [n_tokens or 1, n_vocab]")
-        .def("collect_kv", &context::collect_kv, py::arg("tokens"),
+        .def("collect_kv", &context::collect_kv, py::arg("tokens"), py::arg("queries") = false,
              "Decode tokens; return the K/V rows the cache received (after the Hadamard rotation that quantized "
-             "cache types get), as float32 arrays keyed 'k.<layer>' / 'v.<layer>'")
+             "cache types get), as float32 arrays keyed 'k.<layer>' / 'v.<layer>'; with queries=True also the "
+             "queries attention read, 'q.<layer>' (one row per token: its heads one after the other, rotated as K)")
         .def("reset", &context::reset, "Clear the KV cache and start again at position 0")
         .def("context_shift", &context::context_shift, py::arg("n_keep"), py::arg("n_discard"),
              "Drop positions [n_keep, n_keep + n_discard) and move the later tokens back (llama-cli's context shift)")
