@@ -79,15 +79,21 @@ BUF_LINE = re.compile(r"(?:llama_kv_cache|llama_memory_recurrent): +CPU (KV|RS) 
 
 
 def llama_log(model: Path | str, args: list[str]) -> tuple[list[tuple[int, int, int]], list[tuple[str, str]]]:
-    """Allocate a context with llama-completion (the tools' defaults: swa_full off) and read its cache log."""
-    out = bundled.run_tool("completion", ["-m", str(model), "-n", "1", "-p", "a", "-no-cnv", "--no-warmup", "-t", "1",
-                                          "-fa", "on", "-lv", "4", *args],
-                           capture_output=True, text=True, timeout=120)
-    # the log is on stderr: kept apart from the generated text on stdout, so no line of it can be interleaved
-    assert out.returncode == 0, out.stderr[-3000:]
-    caches = [(int(c), int(n), int(s)) for c, n, s, _ in KV_LINE.findall(out.stderr)]
-    assert caches, "no llama_kv_cache line in the log:\n" + out.stderr[-3000:]
-    return caches, BUF_LINE.findall(out.stderr)
+    """Allocate a context with llama-completion (the tools' defaults: swa_full off) and read its cache log.
+
+    The tools log through a worker thread; in one CI run (at 5b6b065) a successful run's log stopped in
+    the middle of a line right after "constructing llama_context", before the cache lines. A run whose log has no
+    cache line is therefore repeated, twice at most: the figures compared come from a complete log."""
+    for _ in range(3):
+        out = bundled.run_tool("completion", ["-m", str(model), "-n", "1", "-p", "a", "-no-cnv", "--no-warmup", "-t",
+                                              "1", "-fa", "on", "-lv", "4", *args],
+                               capture_output=True, text=True, timeout=120)
+        # the log is on stderr: kept apart from the generated text on stdout, so no line of it can be interleaved
+        assert out.returncode == 0, out.stderr[-3000:]
+        caches = [(int(c), int(n), int(s)) for c, n, s, _ in KV_LINE.findall(out.stderr)]
+        if caches:
+            return caches, BUF_LINE.findall(out.stderr)
+    raise AssertionError("no llama_kv_cache line in the log of 3 runs; the last one's:\n" + out.stderr[-3000:])
 
 
 def mib(n: int) -> str:
