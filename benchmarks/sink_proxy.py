@@ -8,11 +8,13 @@ windows as llama-perplexity sees them (BOS first, then held-out Brown text) it c
 keys and values of the SmolLM2 test model as attention reads them (after the Hadamard rotation that quantized
 cache types get; `Context.collect_kv(queries=True)`), then computes each layer's causal attention in float64
 with the keys quantized by the CPU reference: all of them, or all but the first 1 or 4 kept exact. V stays
-exact, so what is measured is K's share. Printed per K type: the attention output's relative error
-sum |o - ô|² / sum |o|², the mean KL divergence of the attention weights, and how much of it the exact first
-key(s) remove; also the mean attention weight on the first key.
+exact, so what is measured is K's share. Printed per K type: K's own relative error, the attention output's
+relative error sum |o - ô|² / sum |o|², the mean KL divergence of the attention weights, and how much of them the
+exact first key(s) remove; also the mean attention weight on the first key. --types may name V formats too
+(e.g. vtq2, trellis-coded): K rows through them show what such a coding would do for K (an experiment: the
+cache stores K only as ktq).
 
-    python benchmarks/sink_proxy.py [--windows 4] [--types ktq2,ktq3,ktq4]
+    python benchmarks/sink_proxy.py [--windows 4] [--types ktq2,ktq3,ktq4,vtq2]
 
 Writes sink_proxy.md, .json and .png to --out (default benchmarks/out/sink_proxy). 2 threads: about 3 minutes.
 """
@@ -85,10 +87,14 @@ def measure_window(rows: dict, n_layer: int, n_head: int, n_head_kv: int, types:
         acc["sink_mass"] += float(p[:, :, 0].sum())
         for t in types:
             for ef in EXACT_FIRST:
-                pq, oq = attention(q, quantize_keys(t, k, ef), v)
+                kq = quantize_keys(t, k, ef)
+                pq, oq = attention(q, kq, v)
                 key = (t, ef)
                 err, kl = acc.get(key, (0.0, 0.0))
                 acc[key] = (err + float(((oq - o) ** 2).sum()), kl + float(kl_rows(p, pq).sum()))
+                if ef == 0:
+                    kerr, kenergy = acc.get(("k", t), (0.0, 0.0))
+                    acc[("k", t)] = (kerr + float(((kq - k) ** 2).sum()), kenergy + float((k**2).sum()))
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -129,9 +135,10 @@ def main() -> int:
     if args.windows < 1 or args.ctx < 8:
         p.error("--windows must be >= 1 and --ctx >= 8")
     types = args.types.split(",")
+    valid = [t for t in codecs.cache_types() if "tq" in t or t.startswith(("q", "iq"))] + ["vtq2", "vtq3", "vtq4"]
     for t in types:
-        if not t.startswith("ktq"):
-            p.error(f"--types: {t!r} is not a K type (ktq2, ktq3, ktq4)")
+        if t not in valid:
+            p.error(f"--types: unknown or unquantized type {t!r}; valid: {', '.join(valid)}")
 
     from tqdm import tqdm
 
@@ -161,16 +168,18 @@ def main() -> int:
         base = total[(t, 0)]
         for ef in EXACT_FIRST:
             err, kl = total[(t, ef)]
-            results.append({"type": t, "exact_first": ef, "rel_err": err / total["energy"], "kl": kl / total["rows"],
+            kerr, kenergy = total[("k", t)]
+            results.append({"type": t, "bits": codecs.bits_per_element(t), "exact_first": ef,
+                            "k_rel_err": kerr / kenergy, "rel_err": err / total["energy"], "kl": kl / total["rows"],
                             "rel_err_vs_all": err / base[0], "kl_vs_all": kl / base[1]})
     lines = [f"mean attention weight on the first key: {total['sink_mass'] / total['rows']:.3f} "
              f"({args.windows} windows of {args.ctx} tokens, {n_layer} layers x {n_head} heads)", "",
-             "| K type | exact first keys | output rel. error | vs all quantized | mean KL of weights "
-             "| vs all quantized |",
-             "|---|---|---|---|---|---|"]
+             "| K type | bits | exact first keys | K rel. error | output rel. error | vs all quantized "
+             "| mean KL of weights | vs all quantized |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['type']} | {r['exact_first']} | {r['rel_err']:.5f} | {r['rel_err_vs_all']:.3f} | "
-                     f"{r['kl']:.5f} | {r['kl_vs_all']:.3f} |")
+        lines.append(f"| {r['type']} | {r['bits']:.2f} | {r['exact_first']} | {r['k_rel_err']:.4f} | "
+                     f"{r['rel_err']:.5f} | {r['rel_err_vs_all']:.3f} | {r['kl']:.5f} | {r['kl_vs_all']:.3f} |")
     table = "\n".join(lines)
     print(table)
     (args.out / "sink_proxy.md").write_text(table + "\n")
