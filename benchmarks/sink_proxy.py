@@ -64,11 +64,9 @@ def kl_rows(p: np.ndarray, r: np.ndarray) -> np.ndarray:
     return t.sum(axis=-1)
 
 
-def quantize_keys(t: str, k: np.ndarray, exact_first: int) -> np.ndarray:
-    """k [n, Hkv, d] through the CPU reference of type t (64-value blocks), the first exact_first rows kept."""
-    q = codecs.round_trip(t, k.reshape(-1, 64).astype(np.float32)).astype(np.float64).reshape(k.shape)
-    q[:exact_first] = k[:exact_first]
-    return q
+def quantize_keys(t: str, k: np.ndarray) -> np.ndarray:
+    """k [n, Hkv, d] through the CPU reference of type t (64-value blocks)."""
+    return codecs.round_trip(t, k.reshape(-1, 64).astype(np.float32)).astype(np.float64).reshape(k.shape)
 
 
 def measure_window(rows: dict, n_layer: int, n_head: int, n_head_kv: int, types: list[str], acc: dict) -> None:
@@ -86,8 +84,10 @@ def measure_window(rows: dict, n_layer: int, n_head: int, n_head_kv: int, types:
         acc["rows"] += n_head * n
         acc["sink_mass"] += float(p[:, :, 0].sum())
         for t in types:
+            k_all = quantize_keys(t, k)
             for ef in EXACT_FIRST:
-                kq = quantize_keys(t, k, ef)
+                kq = k_all.copy()
+                kq[:ef] = k[:ef]  # the first ef keys exact
                 pq, oq = attention(q, kq, v)
                 key = (t, ef)
                 err, kl = acc.get(key, (0.0, 0.0))

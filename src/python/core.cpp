@@ -276,7 +276,8 @@ class model {
 // ---- KV rows as the cache receives them -------------------------------------------------------------
 
 // Observes the graph's SET_ROWS nodes into the KV cache: their source rows are K/V exactly as the cache
-// type receives them (after upstream's Hadamard rotation, which is on for quantized cache types).
+// type receives them (after upstream's Hadamard rotation, which is on for quantized cache types); with queries,
+// also the Q operand of each layer's FLASH_ATTN_EXT (rotated the same way).
 struct kv_collector {
     bool                                       active  = false;
     bool                                       queries = false;  // also the queries attention reads ("q.<layer>")
@@ -326,21 +327,25 @@ struct kv_collector {
         }
         const ggml_tensor * src = t->src[0];
         const std::string   key = self->key_of(t);
-        if (key.empty()) {
+        // FLASH_ATTN_EXT: Q [head size, tokens, heads, sequences], f32, usually a permuted view, gathered into one
+        // row per token and sequence holding its heads one after the other (as a K row holds the KV heads);
+        // SET_ROWS: the contiguous rows, converted to float
+        const bool is_q = t->op == GGML_OP_FLASH_ATTN_EXT;
+        if (key.empty() || (is_q ? src->type != GGML_TYPE_F32 : !ggml_is_contiguous(src))) {
             return true;
         }
-        if (t->op == GGML_OP_FLASH_ATTN_EXT) {
-            // Q [head size, tokens, heads, sequences], f32, usually a permuted view: one row per token and
-            // sequence holding its heads one after the other, as the K rows hold the KV heads
-            if (src->type != GGML_TYPE_F32) {
-                return true;
-            }
-            std::vector<uint8_t> raw(ggml_nbytes(src));
-            ggml_backend_tensor_get(src, raw.data(), 0, raw.size());
-            auto &        out = self->rows[key];
-            const size_t  at  = out.size();
-            out.resize(at + ggml_nelements(src));
-            float * o = out.data() + at;
+        const ggml_to_float_t to_float = ggml_get_type_traits(src->type)->to_float;
+        if (!is_q && src->type != GGML_TYPE_F32 && !to_float) {
+            return true;
+        }
+        std::vector<uint8_t> raw(ggml_nbytes(src));
+        ggml_backend_tensor_get(src, raw.data(), 0, raw.size());
+        auto &        out = self->rows[key];
+        const int64_t n   = ggml_nelements(src);
+        const size_t  at  = out.size();
+        out.resize(at + n);
+        float * o = out.data() + at;
+        if (is_q) {
             for (int64_t i3 = 0; i3 < src->ne[3]; ++i3) {
                 for (int64_t i1 = 0; i1 < src->ne[1]; ++i1) {
                     for (int64_t i2 = 0; i2 < src->ne[2]; ++i2) {
@@ -354,22 +359,10 @@ struct kv_collector {
             self->width[key] = src->ne[0] * src->ne[2];
             return true;
         }
-        if (!ggml_is_contiguous(src)) {
-            return true;
-        }
-        std::vector<uint8_t> raw(ggml_nbytes(src));
-        ggml_backend_tensor_get(src, raw.data(), 0, raw.size());
-        auto &        out = self->rows[key];
-        const int64_t n   = ggml_nelements(src);
-        const size_t  at  = out.size();
-        out.resize(at + n);
         if (src->type == GGML_TYPE_F32) {
-            memcpy(out.data() + at, raw.data(), n * sizeof(float));
-        } else if (ggml_get_type_traits(src->type)->to_float) {
-            ggml_get_type_traits(src->type)->to_float(raw.data(), out.data() + at, n);
+            memcpy(o, raw.data(), n * sizeof(float));
         } else {
-            out.resize(at);
-            return true;
+            to_float(raw.data(), o, n);
         }
         self->width[key] = src->ne[0];
         return true;
