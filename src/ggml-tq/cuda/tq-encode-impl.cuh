@@ -270,6 +270,9 @@ static __global__ void __launch_bounds__(64) tq_k_encode_codebook(const Loc loc,
 //          the loads per group: more blocks per SM and fewer stalls, for a prefill's thousands of blocks.
 // Arithmetic, order and tie rules are those of tq-viterbi.inc (a cost is the same m + e^2, rounded once each),
 // so the chosen path is the CPU's in both forms.
+// Tried and measured slower (session of 2026-12-04, eleventh): vtq2's G = 1 form with two steps per barrier (each
+// thread also computing the minima of its predecessors' 4 groups from 16 minima and 16 table values): the fused
+// K + V write of a decode step took 17.84 us per launch against 11.35 (H200, Nsight Compute; docs/results.md).
 
 // the largest |value| of a trellis table (the tmax argument of tq_k_encode_trellis), on the host
 template <ggml_type type>
