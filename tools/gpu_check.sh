@@ -69,6 +69,11 @@
 #   TQ_PROFILE_DETAIL=1  ncu sections (occupancy, stalls, throughput) of the decode kernel and the encoders
 #                  (TQ_PROFILE_DETAIL_WHAT: "kernel-regex:depth ..." pairs, default
 #                  "tq_k_fattn_vec:8192 tq_k_encode_trellis:0 tq_k_encode_codebook:0")
+#   TQ_PROFILE_ENVS the TQ_PROFILE timings again under each of these environments, a word each as TQ_TEST_ENVS
+#                  (e.g. "- LLAMA_TQ_CUDA_FA_STAGE=1"; default -)
+#   TQ_PROFILE_SOURCE "kernel-regex:depth ..." (ktq2/vtq2 on TQ_PROFILE_SHAPE): Nsight Compute's source page, the
+#                  stall samples and executed instructions of every SASS instruction of those kernels with its CUDA
+#                  line (the build gets -lineinfo), to $OUT/ncu-source-<kernel>-<depth>.csv (tools/ncu_source.py sums it)
 #   TQ_SKIP_TESTS=1  skip test-backend-ops (not built then)
 set -u -o pipefail
 
@@ -144,6 +149,8 @@ stamp "configure"
 FA_ARG=()
 [ -n "${TQ_FA_QUANTS:-}" ] && FA_ARG=(-DGGML_CUDA_FA_QUANTS="$TQ_FA_QUANTS")
 [ -n "${TQ_FA_PAIRS:-}" ] && FA_ARG+=(-DLLAMA_TQ_CUDA_FA_PAIRS="$TQ_FA_PAIRS")
+# the source page maps SASS to CUDA lines only with line info (no change to the code generated)
+if [ -n "${TQ_PROFILE_SOURCE:-}" ]; then FA_ARG+=(-DCMAKE_CUDA_FLAGS=-lineinfo); else FA_ARG+=(-DCMAKE_CUDA_FLAGS=); fi
 cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$TQ_ARCHS" \
     -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_EXAMPLES=ON -DLLAMA_OPENSSL=OFF \
     -DLLAMA_BUILD_NUMBER=11312 -DLLAMA_BUILD_COMMIT=0c1e570 \
@@ -151,7 +158,8 @@ cmake -S "$SRC" -B "$BLD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DC
     || { tail -30 "$OUT/build.log"; say "configure FAILED"; exit 1; }
 TARGETS=()
 [ "${TQ_SKIP_TESTS:-0}" = 1 ] || TARGETS=(test-backend-ops)  # TQ_SKIP_TESTS=1: not built (a shorter cold build)
-[ "${TQ_BENCH:-0}" = 1 ] || [ "${TQ_PROFILE:-0}" = 1 ] || [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] && TARGETS+=(llama-bench llama-quantize)
+[ "${TQ_BENCH:-0}" = 1 ] || [ "${TQ_PROFILE:-0}" = 1 ] || [ "${TQ_PROFILE_PREFILL:-0}" = 1 ] || [ -n "${TQ_PROFILE_SOURCE:-}" ] \
+    && TARGETS+=(llama-bench llama-quantize)
 [ "${TQ_QUALITY:-0}" = 1 ] && TARGETS+=(llama-perplexity llama-quantize)
 [ "${TQ_FINETUNE:-0}" = 1 ] && TARGETS+=(llama-finetune llama-quantize)
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=(test-backend-ops)
@@ -318,7 +326,10 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
         [ -n "$CUOBJ" ] && "$CUOBJ" -res-usage "$BLD"/bin/libggml-cuda.so 2>/dev/null | grep -A1 -E "tq_k_fattn|tq_k_encode" \
             | grep -E "Function|REG" | paste - - | sed -E 's/.*Function ([^ :]+).*REG:([0-9]+).*STACK:([0-9]+).*SHARED:([0-9]+).*/  res \1 REG \2 STACK \3 SHARED \4/' \
             | head -12 | tee -a "$SUMMARY"
-        for depth in ${TQ_PROFILE_DEPTHS:-0 32768}; do
+        for penv in ${TQ_PROFILE_ENVS:--}; do
+          penv_args=()
+          [ "$penv" != - ] && IFS=, read -r -a penv_args <<< "$penv" && say "  with $penv:"
+          for depth in ${TQ_PROFILE_DEPTHS:-0 32768}; do
             for pair in ${TQ_PROFILE_PAIRS:-f16/f16 ktq2/vtq2}; do
                 ctk=${pair%/*}; ctv=${pair#*/}
                 re='tq_k_fattn|flash_attn_ext_vec'
@@ -327,15 +338,19 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
                 if [ "${TQ_PROFILE_ALL:-0}" = 1 ] && [ "$depth" = 0 ]; then
                     re='.'; ntok=4; part=(--part 'tq_k_|flash_attn|set_rows|fwht')
                 fi
-                csv=$OUT/ncu-$ctk-$ctv-$depth.csv
-                stamp "ncu $pair depth $depth"
-                timeout 240 "$NCU" --clock-control none --cache-control none --csv --metrics gpu__time_duration.sum \
-                    --kernel-name "regex:$re" "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk "$ctk" -ctv "$ctv" \
-                    -p 0 -n "$ntok" -r 1 -d "$depth" > "$csv" 2> "$OUT/ncu.err" || say "  ncu $pair $depth rc $?"
+                tag=$ctk-$ctv-$depth
+                [ "$penv" != - ] && tag=$tag-$(echo "$penv" | tr -c 'A-Za-z0-9_.\n-' '_')
+                csv=$OUT/ncu-$tag.csv
+                stamp "ncu $pair depth $depth $penv"
+                env "${penv_args[@]}" timeout 240 "$NCU" --clock-control none --cache-control none --csv \
+                    --metrics gpu__time_duration.sum --kernel-name "regex:$re" "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 \
+                    -fa 1 -ctk "$ctk" -ctv "$ctv" -p 0 -n "$ntok" -r 1 -d "$depth" > "$csv" 2> "$OUT/ncu.err" \
+                    || say "  ncu $pair $depth rc $?"
                 # llama-bench -n N plus one warm-up token: N + 1 decode steps
                 python3 "$ROOT/tools/ncu_share.py" "$csv" --label "$pair depth $depth" --steps $(( ntok + 1 )) "${part[@]}" \
                     | tee -a "$SUMMARY"
             done
+          done
         done
         # TQ_PROFILE_DETAIL=1: where the time of our kernels goes (occupancy, stall reasons, memory throughput):
         # ncu sections for a few launches of each TQ_PROFILE_DETAIL_WHAT kernel (ktq2/vtq2 at its depth); the full
@@ -358,6 +373,31 @@ if [ "${TQ_PROFILE:-0}" = 1 ]; then
                     | head -60 | sed 's/^/  /' | tee -a "$SUMMARY"
             done
         fi
+    fi
+fi
+
+# ---- source-level profile (Nsight Compute's source page) ----
+# TQ_PROFILE_SOURCE: per SASS instruction of a kernel (ktq2/vtq2 at a depth), its CUDA file and line, warp stall
+# samples by reason and instructions executed: where a latency chain or a pipe spends its time. Two launches after
+# 20 skipped; the report's source page as CSV (tools/ncu_source.py sums it by line here).
+if [ -n "${TQ_PROFILE_SOURCE:-}" ]; then
+    say ""
+    if ncu_setup; then
+        for what in $TQ_PROFILE_SOURCE; do
+            kn=${what%:*}; depth=${what#*:}
+            rep=$TQ_BUILD/ncu-source-$kn-$depth
+            stamp "ncu source $kn depth $depth"
+            rm -f "$rep.ncu-rep"
+            timeout 240 "$NCU" --clock-control none --kernel-name "regex:$kn" --launch-skip 20 --launch-count 2 \
+                --section SourceCounters --section WarpStateStats --section LaunchStats --import-source yes -o "$rep" \
+                "$BLD/bin/llama-bench" -m "$MOD" -ngl 99 -fa 1 -ctk ktq2 -ctv vtq2 -p 0 -n 8 -r 1 -d "$depth" \
+                > "$OUT/ncu-source-$kn-$depth.log" 2>&1 || say "  ncu source $kn rc $?"
+            "$NCU" --import "$rep.ncu-rep" --page source --csv --print-source cuda,sass \
+                > "$OUT/ncu-source-$kn-$depth.csv" 2>> "$OUT/ncu-source-$kn-$depth.log" \
+                || "$NCU" --import "$rep.ncu-rep" --page source --csv --print-source sass \
+                > "$OUT/ncu-source-$kn-$depth.csv" 2>> "$OUT/ncu-source-$kn-$depth.log" || say "  ncu source page rc $?"
+            say "  $kn depth $depth: $(wc -l < "$OUT/ncu-source-$kn-$depth.csv") source rows"
+        done
     fi
 fi
 
