@@ -29,8 +29,8 @@ pass or a ticket not zeroed by the last thread block, a value on a decision thre
 the fit's error sums left per lane) and converters (outlier slots in the wrong order, a window read at the wrong
 offset) must fail.
 
-Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the locators and launches of
-tq-cuda.cu (SET_ROWS/CPY strides; test-backend-ops covers those on a GPU), nvcc's arithmetic (the emulation
+Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the launches of tq-cuda.cu
+(test-backend-ops covers those on a GPU; the locators of SET_ROWS/CPY: test_loc_emu.py), nvcc's arithmetic (the emulation
 computes in the host's IEEE float/double with no contraction, as nvcc -fmad=false should).
 """
 

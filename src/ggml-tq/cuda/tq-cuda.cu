@@ -4,6 +4,7 @@
 // operations, and a fused multiply-add would round differently.
 
 #include "tq-cuda-bits.cuh"
+#include "tq-cuda-loc.cuh"
 #include "tq-cuda.cuh"
 #include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
@@ -233,74 +234,6 @@ void tq_cuda_get_rows(const void * src0_d, ggml_type src0_type, const int32_t * 
 
 // ---- encoders: locators and launches (the kernels are in tq-encode-impl.cuh) ---------------------------
 
-// Where the blocks of a SET_ROWS / CPY come from and go to: value j of block ib is the float at
-// src_row(ib) + j * nb00, dst_blk(ib) is the destination block. A launch has fewer than 2^31 blocks
-// (tq_encode_cuda), so a block's index splits into its coordinates by 32-bit divisions by constants
-// (ggml-cuda's fastdiv: a multiply-high and a shift). The 64-bit divisions they replace were calls of ~100
-// instructions each, ~17 % of the stall samples of a decode step's fused K + V write (Nsight Compute's source
-// page); on the H200 that write went from 12.00 to 11.35 us per launch (hd64, depth 0; docs/results.md).
-struct tq_cuda_loc_set_rows {
-    const char * src0;
-    const char * src1;
-    char *       dst;
-    uint3        nblk, ne01, ne02, ne11, ne12;  // fastdiv values of blocks per row (ne00 / 64), ne01, ...
-    size_t       nb00, nb01, nb02, nb03, nb10, nb11, nb12, nb1, nb2, nb3;
-    int          bs;
-    bool         idx64;
-
-    __device__ void split(const int64_t ib, uint32_t & i00, uint32_t & i01, uint32_t & i02, uint32_t & i03) const {
-        const uint2 a = fast_div_modulo((uint32_t) ib, nblk);
-        const uint2 b = fast_div_modulo(a.x, ne01);
-        const uint2 c = fast_div_modulo(b.x, ne02);
-        i00 = a.y * QK_TQ;
-        i01 = b.y;
-        i02 = c.y;
-        i03 = c.x;
-    }
-
-    // the block's 64 source values are src_row(ib)[j * nb00]
-    __device__ const char * src_row(const int64_t ib) const {
-        uint32_t i00, i01, i02, i03;
-        split(ib, i00, i01, i02, i03);
-        return src0 + i00 * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03;
-    }
-
-    __device__ uint8_t * dst_blk(const int64_t ib) const {
-        uint32_t i00, i01, i02, i03;
-        split(ib, i00, i01, i02, i03);
-        const char *  pi  = src1 + i01 * nb10 + fastmodulo(i02, ne11) * nb11 + fastmodulo(i03, ne12) * nb12;
-        const int64_t row = idx64 ? *(const int64_t *) pi : (int64_t) *(const int32_t *) pi;
-        return (uint8_t *) (dst + row * nb1 + i02 * nb2 + i03 * nb3) + (i00 / QK_TQ) * bs;
-    }
-};
-
-// CPY F32 -> type: the flattened element order of src0 and dst agree; dst rows hold whole blocks
-struct tq_cuda_loc_cpy {
-    const char * src0;
-    char *       dst;
-    uint3        nblk0, ne01, ne02;  // fastdiv values of src0's blocks per row (ne00 / 64), ne01, ne02
-    size_t       nb00, nb01, nb02, nb03;
-    uint3        nblk1, ne11, ne12;  // dst: blocks per row, ne11, ne12
-    size_t       nb11, nb12, nb13;
-    int          bs;
-
-    // src0->ne[0] % 64 == 0 (supports_op), so a block's values lie in one source row
-    __device__ const char * src_row(const int64_t ib) const {
-        const uint2 a = fast_div_modulo((uint32_t) ib, nblk0);
-        const uint2 b = fast_div_modulo(a.x, ne01);
-        const uint2 c = fast_div_modulo(b.x, ne02);
-        return src0 + (size_t) a.y * QK_TQ * nb00 + b.y * nb01 + c.y * nb02 + c.x * nb03;
-    }
-
-    __device__ uint8_t * dst_blk(const int64_t ib) const {
-        const uint2 a = fast_div_modulo((uint32_t) ib, nblk1);
-        const uint2 b = fast_div_modulo(a.x, ne11);
-        const uint2 c = fast_div_modulo(b.x, ne12);
-        return (uint8_t *) (dst + b.y * nb11 + c.y * nb12 + c.x * nb13) + (size_t) a.y * bs;
-    }
-};
-
-
 // a launch of n_blocks trellis blocks takes the one-warp form (G = 2, prefill) rather than the two-warp form
 // (G = 1: the shorter chain for a decode step's few blocks)
 static bool tq_vit_use_g2(const int64_t n_blocks) {
@@ -368,31 +301,10 @@ static tq_cuda_loc_set_rows tq_cuda_set_rows_loc(const ggml_tensor * dst, int64_
     GGML_ASSERT(src1->type == GGML_TYPE_I64 || src1->type == GGML_TYPE_I32);
     GGML_ASSERT(src0->ne[0] % QK_TQ == 0);
 
-    tq_cuda_loc_set_rows loc;
-    loc.src0  = (const char *) src0->data;
-    loc.src1  = (const char *) src1->data;
-    loc.dst   = (char *) dst->data;
-    loc.nblk  = init_fastdiv_values(src0->ne[0] / QK_TQ);
-    loc.ne01  = init_fastdiv_values(src0->ne[1]);
-    loc.ne02  = init_fastdiv_values(src0->ne[2]);
-    loc.ne11  = init_fastdiv_values(src1->ne[1]);
-    loc.ne12  = init_fastdiv_values(src1->ne[2]);
-    loc.nb00  = src0->nb[0];
-    loc.nb01  = src0->nb[1];
-    loc.nb02  = src0->nb[2];
-    loc.nb03  = src0->nb[3];
-    loc.nb10  = src1->nb[0];
-    loc.nb11  = src1->nb[1];
-    loc.nb12  = src1->nb[2];
-    loc.nb1   = dst->nb[1];
-    loc.nb2   = dst->nb[2];
-    loc.nb3   = dst->nb[3];
-    loc.bs    = (int) ggml_type_size(dst->type);
-    loc.idx64 = src1->type == GGML_TYPE_I64;
-
     *nblocks = src0->ne[0] / QK_TQ * src0->ne[1] * src0->ne[2] * src0->ne[3];
     GGML_ASSERT(*nblocks <= INT32_MAX);  // the 32-bit splits of the locator
-    return loc;
+    return tq_cuda_make_loc_set_rows(src0->data, src0->ne, src0->nb, src1->data, src1->ne, src1->nb,
+                                     src1->type == GGML_TYPE_I64, dst->data, dst->nb, (int) ggml_type_size(dst->type));
 }
 
 void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
@@ -576,24 +488,9 @@ void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml
 
     if (src0->type == GGML_TYPE_F32 && TQ_GGML_IS_TQ(src1->type)) {
         GGML_ASSERT(src0->ne[0] % QK_TQ == 0 && src1->ne[0] % QK_TQ == 0);
-        tq_cuda_loc_cpy loc;
-        loc.src0  = (const char *) src0->data;
-        loc.dst   = (char *) src1->data;
         GGML_ASSERT(n / QK_TQ <= INT32_MAX);  // the 32-bit splits of the locator
-        loc.nblk0 = init_fastdiv_values(src0->ne[0] / QK_TQ);
-        loc.ne01  = init_fastdiv_values(src0->ne[1]);
-        loc.ne02  = init_fastdiv_values(src0->ne[2]);
-        loc.nb00  = src0->nb[0];
-        loc.nb01  = src0->nb[1];
-        loc.nb02  = src0->nb[2];
-        loc.nb03  = src0->nb[3];
-        loc.nblk1 = init_fastdiv_values(src1->ne[0] / QK_TQ);
-        loc.ne11  = init_fastdiv_values(src1->ne[1]);
-        loc.ne12  = init_fastdiv_values(src1->ne[2]);
-        loc.nb11  = src1->nb[1];
-        loc.nb12  = src1->nb[2];
-        loc.nb13  = src1->nb[3];
-        loc.bs    = (int) ggml_type_size(src1->type);
+        const tq_cuda_loc_cpy loc = tq_cuda_make_loc_cpy(src0->data, src0->ne, src0->nb, src1->data, src1->ne, src1->nb,
+                                                         (int) ggml_type_size(src1->type));
         tq_encode_cuda_type(src1->type, loc, n / QK_TQ, stream);
         return;
     }
