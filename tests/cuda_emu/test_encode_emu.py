@@ -30,8 +30,8 @@ the fit's error sums left per lane) and converters (outlier slots in the wrong o
 offset) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the launches of tq-cuda.cu
-(test-backend-ops covers those on a GPU; the locators of SET_ROWS/CPY: test_loc_emu.py), nvcc's arithmetic (the emulation
-computes in the host's IEEE float/double with no contraction, as nvcc -fmad=false should).
+(test-backend-ops covers those on a GPU; the locators of SET_ROWS/CPY: test_loc_emu.py), nvcc's arithmetic (the
+emulation computes in the host's IEEE float/double with no contraction, as nvcc -fmad=false should).
 """
 
 from __future__ import annotations
