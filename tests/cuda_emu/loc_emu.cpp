@@ -26,9 +26,14 @@ static void check(const bool ok, const char * what, const int64_t ib, const int6
     }
 }
 
+// a uniform integer in [lo, hi]
+static int64_t rnd(std::mt19937_64 & rng, const int lo, const int hi) {
+    return lo + (int64_t) (rng() % (uint64_t) (hi - lo + 1));
+}
+
 // a SET_ROWS of src0 [ne00, ne01, ne02, ne03] (F32, padded strides) at the rows named by src1 [ne01, ne11, ne12]
 static void case_set_rows(std::mt19937_64 & rng) {
-    auto r = [&](int lo, int hi) { return (int64_t) (lo + (int) (rng() % (uint64_t) (hi - lo + 1))); };
+    auto r = [&](int lo, int hi) { return rnd(rng, lo, hi); };
     const int64_t nblk = r(1, 4), ne01 = r(1, 9), ne02 = r(1, 6), ne03 = r(1, 3);
     const int64_t ne00 = nblk * QK_TQ;
     int64_t       ne11 = r(1, (int) ne02), ne12 = r(1, (int) ne03);
@@ -40,9 +45,9 @@ static void case_set_rows(std::mt19937_64 & rng) {
     }
     const bool    idx64 = rng() % 2;
     const size_t  isz   = idx64 ? 8 : 4;
-    const size_t  nb0[4] = { 4, (size_t) (4 * ne00 + 4 * r(0, 3)), 0, 0 };
-    const size_t  nb0_2 = nb0[1] * ne01 + 4 * r(0, 3);
-    const size_t  s0[4] = { nb0[0], nb0[1], nb0_2, nb0_2 * ne02 + 4 * r(0, 3) };
+    const size_t  s01   = (size_t) (4 * ne00 + 4 * r(0, 3));
+    const size_t  s02   = s01 * ne01 + 4 * r(0, 3);
+    const size_t  s0[4] = { 4, s01, s02, s02 * ne02 + 4 * r(0, 3) };
     const int64_t ne0[4] = { ne00, ne01, ne02, ne03 };
     const int64_t ne1[4] = { ne01, ne11, ne12, 1 };
     const size_t  s1_1   = isz * ne01 + isz * r(0, 2);
@@ -93,7 +98,7 @@ static void case_set_rows(std::mt19937_64 & rng) {
 
 // a CPY of src0 [ne0] (padded strides) into dst [ned] of the same element count, blocks of bs bytes
 static void case_cpy(std::mt19937_64 & rng) {
-    auto r = [&](int lo, int hi) { return (int64_t) (lo + (int) (rng() % (uint64_t) (hi - lo + 1))); };
+    auto r = [&](int lo, int hi) { return rnd(rng, lo, hi); };
     const int64_t ne0[4] = { QK_TQ * r(1, 4), r(1, 6), r(1, 4), r(1, 3) };
     const int64_t n      = ne0[0] * ne0[1] * ne0[2] * ne0[3];
     // dst: another split of the same elements into rows of whole blocks

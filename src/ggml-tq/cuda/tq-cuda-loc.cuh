@@ -11,6 +11,7 @@
 // (ggml-cuda's fastdiv: a multiply-high and a shift). The 64-bit divisions they replace were calls of ~100
 // instructions each, ~17 % of the stall samples of a decode step's fused K + V write (Nsight Compute's source
 // page); on the H200 that write went from 12.00 to 11.35 us per launch (hd64, depth 0; docs/results.md).
+
 // a block index split into (block in row, row index 1, 2, 3) of a tensor of whole 64-value blocks: x, y, z, w
 struct tq_cuda_blk_split {
     uint3 nblk, ne1, ne2;  // fastdiv values of blocks per row (ne[0] / 64), ne[1], ne[2]
@@ -65,11 +66,12 @@ struct tq_cuda_loc_cpy : tq_cuda_loc_src {
     }
 };
 
-// host: the split of a tensor of extents ne (ne[0] % 64 == 0), the F32 source src0 (ne0, nb0)
+// host: the block split of a tensor of extents ne (ne[0] % 64 == 0)
 static tq_cuda_blk_split tq_cuda_make_blk_split(const int64_t * ne) {
     return { init_fastdiv_values(ne[0] / QK_TQ), init_fastdiv_values(ne[1]), init_fastdiv_values(ne[2]) };
 }
 
+// host: the F32 source src0 (ne0, nb0)
 static tq_cuda_loc_src tq_cuda_make_loc_src(const void * src0, const int64_t * ne0, const size_t * nb0) {
     return { (const char *) src0, tq_cuda_make_blk_split(ne0), nb0[0], nb0[1], nb0[2], nb0[3] };
 }
