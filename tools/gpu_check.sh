@@ -32,11 +32,13 @@
 #   TQ_BENCH_REPS  llama-bench -r (default 3)
 #   TQ_BENCH_GRAPH_OPT "0", "1" or "0 1": runs with GGML_CUDA_GRAPH_OPT (upstream's opt-in: the Q, K and V branches
 #                  of a layer, our two encoders included, on concurrent streams; label <shape>+graph-opt)
-#   TQ_BENCH_FA_MMA "default", "1", "0", "stage", "nopair" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the
+#   TQ_BENCH_FA_MMA "default", "1", "0", "stage", "nopair", "xh", "noxh" or a list: runs with LLAMA_TQ_CUDA_FA_MMA unset (the
 #                  decode kernel's form by head size and GQA), 1 (its tensor-core form wherever it can run; label
 #                  +fa-mma), 0 (its vector form; label +fa-vec), LLAMA_TQ_CUDA_FA_STAGE=1 (the tensor-core form's
 #                  staging variant where that form runs; label +fa-stage) or LLAMA_TQ_CUDA_FA_VPAIR=0 (that form with
-#                  vtq2 decoded one value per lookup instead of from its pair table; label +fa-nopair)
+#                  vtq2 decoded one value per lookup instead of from its pair table; label +fa-nopair), "xh" or
+#                  "noxh" (LLAMA_TQ_CUDA_FA_XH=1 / =0: the opt-in cross-head variant wherever it fits / never; labels
+#                  +fa-xh, +fa-noxh)
 #   TQ_BENCH_VIT_SPEC "default", "0", "1" or a list: runs with LLAMA_TQ_CUDA_VIT_SPEC unset (a decode step's two
 #                  Viterbi passes of the V encoder side by side, the default), 0 (one after the other; label
 #                  +no-vit-spec) or 1 (label +vit-spec)
@@ -271,6 +273,8 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                 [ "$famma" = 1 ] && label=$label+fa-mma
                 [ "$famma" = stage ] && label=$label+fa-stage
                 [ "$famma" = nopair ] && label=$label+fa-nopair
+                [ "$famma" = xh ] && label=$label+fa-xh
+                [ "$famma" = noxh ] && label=$label+fa-noxh
                 [ "$dq8" = 0 ] && label=$label+dequant1
                 [ "$vspec" = 0 ] && label=$label+no-vit-spec
                 [ "$vspec" = 1 ] && label=$label+vit-spec
@@ -282,6 +286,7 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                     0 | 1) famma_env=(LLAMA_TQ_CUDA_FA_MMA=$famma) ;;
                     stage) famma_env=(LLAMA_TQ_CUDA_FA_STAGE=1) ;;
                     nopair) famma_env=(LLAMA_TQ_CUDA_FA_VPAIR=0) ;;
+                    xh | noxh) famma_env=(LLAMA_TQ_CUDA_FA_XH=$([ "$famma" = xh ] && echo 1 || echo 0)) ;;
                 esac
                 [ "$vspec" != default ] && famma_env+=(LLAMA_TQ_CUDA_VIT_SPEC=$vspec)
                 [ "$pdl" != default ] && famma_env+=(LLAMA_TQ_CUDA_PDL=$pdl)

@@ -4,6 +4,9 @@
 
 #include <sys/mman.h>
 
+#include <deque>
+#include <vector>
+
 emu_dim3 threadIdx;
 emu_dim3 blockIdx;
 emu_dim3 blockDim;
@@ -76,7 +79,10 @@ bool emu_order_from_name(const char * name, emu_order * order) {
     static const struct {
         const char * name;
         emu_order    order;
-    } names[] = { { "forward", EMU_ORDER_FORWARD }, { "backward", EMU_ORDER_BACKWARD }, { "shuffled", EMU_ORDER_SHUFFLED } };
+    } names[] = { { "forward", EMU_ORDER_FORWARD },
+                  { "backward", EMU_ORDER_BACKWARD },
+                  { "shuffled", EMU_ORDER_SHUFFLED },
+                  { "warps", EMU_ORDER_WARPS } };
     for (const auto & n : names) {
         if (strcmp(name, n.name) == 0) {
             *order = n.order;
@@ -140,6 +146,55 @@ bool emu_any(const bool pred) {
     return any;
 }
 
+// cp.async: per lane, the copies not yet committed and the committed groups, oldest first (or, eager, none: every
+// copy lands when it is issued)
+struct emu_copy {
+    void *       dst;
+    const void * src;
+    int          n;
+    bool         ok;
+};
+
+static std::vector<emu_copy>              g_cp_open[EMU_MAX_THREADS];
+static std::deque<std::vector<emu_copy>> g_cp_groups[EMU_MAX_THREADS];
+
+static bool g_cp_eager = false;
+
+void emu_set_cp_eager(const bool eager) {
+    g_cp_eager = eager;
+}
+
+static void emu_cp_land(const emu_copy & c) {
+    if (c.ok) {
+        memcpy(c.dst, c.src, c.n);
+    } else {
+        memset(c.dst, 0, c.n);
+    }
+}
+
+void emu_cp_async(void * dst, const void * src, const int n, const bool ok) {
+    if (g_cp_eager) {
+        emu_cp_land({ dst, src, n, ok });
+        return;
+    }
+    g_cp_open[g_emu.cur].push_back({ dst, src, n, ok });
+}
+
+void emu_cp_async_commit() {
+    g_cp_groups[g_emu.cur].push_back(std::move(g_cp_open[g_emu.cur]));
+    g_cp_open[g_emu.cur].clear();
+}
+
+void emu_cp_async_wait(const int n_in_flight) {
+    auto & groups = g_cp_groups[g_emu.cur];
+    while ((int) groups.size() > n_in_flight) {
+        for (const emu_copy & c : groups.front()) {
+            emu_cp_land(c);
+        }
+        groups.pop_front();
+    }
+}
+
 static void emu_lane_entry() {
     (*g_emu.body)();
     g_emu.done[g_emu.cur] = true;
@@ -187,6 +242,8 @@ void emu_run_block(const int n_threads, const std::function<void()> & body) {
         g_emu.done[i]        = false;
         g_emu.wait_gen[i]    = nullptr;
         g_emu.shfl_parity[i] = 0;
+        g_cp_open[i].clear();  // a block's copies never outlive it
+        g_cp_groups[i].clear();
     }
     memset(g_emu.warp_count, 0, sizeof(g_emu.warp_count));
     g_emu.block_count = 0;  // (the generations only move on)
@@ -201,6 +258,15 @@ void emu_run_block(const int n_threads, const std::function<void()> & body) {
                 std::swap(perm[i], perm[emu_rand() % (uint64_t) (i + 1)]);
             }
         }
+        auto runnable = [](const int i) {
+            return !g_emu.done[i] && !(g_emu.wait_gen[i] && *g_emu.wait_gen[i] == g_emu.wait_val[i]);
+        };
+        int only_warp = -1;  // EMU_ORDER_WARPS: the last warp with a lane that can run
+        if (g_emu.order == EMU_ORDER_WARPS) {
+            for (int i = n_threads - 1; i >= 0 && only_warp < 0; --i) {
+                only_warp = runnable(i) ? i / WARP_SIZE : -1;
+            }
+        }
         bool live    = false;
         bool resumed = false;
         for (int k = 0; k < n_threads; ++k) {
@@ -209,8 +275,8 @@ void emu_run_block(const int n_threads, const std::function<void()> & body) {
                 continue;
             }
             live = true;
-            if (g_emu.wait_gen[i] && *g_emu.wait_gen[i] == g_emu.wait_val[i]) {
-                continue;  // its barrier is not complete yet
+            if (!runnable(i) || (only_warp >= 0 && i / WARP_SIZE != only_warp)) {
+                continue;  // its barrier is not complete yet (or another warp's turn)
             }
             resumed   = true;
             g_emu.cur = i;

@@ -13,6 +13,8 @@
 //     CUDA's rule for a width below 32 (a lane of a later group gives the caller its own value);
 //   - __shared__ variables as function-local statics: one copy, shared by the lanes of the running block;
 //   - __any_sync() as a vote through the same buffer;
+//   - cp.async (copies to shared memory, in commit groups): landing when the lane waits for the group, or eagerly
+//     when issued (emu_set_cp_eager);
 //   - the tensor-core mma of the decode kernel's second form: its own shuffle-based path (TQ_CUDA_EMU);
 //   - __half, float2, uint2, uint4, float4 and the few intrinsics the kernels call (__expf is expf,
 //     __funnelshift_r, __byte_perm, __float2half_rn rounds to nearest even, __fmul_rn / __fadd_rn are plain
@@ -69,6 +71,8 @@ enum emu_order {
     EMU_ORDER_FORWARD,   // lane 0 first in every round
     EMU_ORDER_BACKWARD,  // the last lane first
     EMU_ORDER_SHUFFLED,  // a new random permutation in every round
+    EMU_ORDER_WARPS,     // only the last warp with a lane that can run, in every round: warps drift apart (a warp
+                         // runs ahead until a block barrier or a lane of another warp stops it)
 };
 
 // the order in which lanes run between barriers (seed: for EMU_ORDER_SHUFFLED)
@@ -86,6 +90,13 @@ void     emu_block_sync();
 uint64_t emu_shfl(uint64_t bits, int src_lane);  // the bits that lane src_lane of the warp passes
 bool     emu_any(bool pred);                     // some lane of the warp passes true
 void     emu_fatal(const char * msg);
+// cp.async: a copy of n bytes (n zeros if !ok) that lands only when the lane waits for its group (a missing wait or
+// commit shows up as stale shared memory) or, eager, as soon as it is issued (a copy into memory that other lanes
+// still read, without a barrier in between, shows up): the two ends of what the hardware may do
+void     emu_set_cp_eager(bool eager);
+void     emu_cp_async(void * dst, const void * src, int n, bool ok);
+void     emu_cp_async_commit();
+void     emu_cp_async_wait(int n_in_flight);
 
 static inline void __syncwarp(unsigned mask = 0xffffffffu) {
     if (mask != 0xffffffffu) {

@@ -16,7 +16,7 @@
 // softmax error gives 1e-2 and more). Outputs start as NaN, so an output the kernel does not write fails.
 //
 // usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] [--case N]
-//                  [--tol X] [--mma | --mma-stage | --mma-nopair] [--verbose]
+//                  [--tol X] [--mma | --mma-stage | --mma-nopair | --mma-xh] [--cp-eager] [--verbose]
 // prints a FAIL line per failing case and a summary line; exit status 0 if every case passed, 1 if not
 // (2: an emulation error such as a barrier deadlock).
 #include "fattn_emu.h"
@@ -115,8 +115,10 @@ struct fa_pair {
 
 // --mma: the tensor-core form tq_k_fattn_mma where tq_cuda_fattn takes it (V without outlier slots); --mma-stage:
 // its variant that stages a chunk's rows in shared memory (p.mma = 2); --mma-nopair: vtq2 without its pair table
-// (p.mma = 3)
+// (p.mma = 3); --mma-xh: its cross-head variant (p.mma = 4) wherever tq_fattn_xh_fits (LLAMA_TQ_CUDA_FA_XH=1), with 8
+// times the KV heads of every case (8 or 16: whole groups, and 16-byte row strides for every type)
 static int g_mma = 0;
+static int n_xh  = 0;  // cases that ran the cross-head variant
 
 static int tq_of(const ggml_type t) {
     return TQ_GGML_TO_TQ(t);
@@ -146,7 +148,7 @@ static std::vector<fa_case> make_cases(const std::vector<fa_pair> & pairs, const
                     c.type_v       = pairs[pi].type_v;
                     c.n_tok        = shapes[s][0];
                     c.gqa          = shapes[s][1];
-                    c.n_kv_head    = i % 2 ? 2 : 1;
+                    c.n_kv_head    = (i % 2 ? 2 : 1) * (g_mma == 4 ? 8 : 1);
                     c.n_seq        = i % 5 == 0 ? 2 : 1;
                     c.n_kv         = n_kvs[(s + 3 * r + (int) pi + di) % 8];
                     c.mask         = (emu_mask) ((i / 2) % EMU_MASK_COUNT);
@@ -183,7 +185,7 @@ static std::vector<fa_case> make_cases(const std::vector<fa_pair> & pairs, const
                     c.type_v       = pr.type_v;
                     c.n_tok        = split ? 1 : 2;
                     c.gqa          = split ? 4 : 3;
-                    c.n_kv_head    = 2;
+                    c.n_kv_head    = 2 * (g_mma == 4 ? 8 : 1);
                     c.n_seq        = 2;
                     c.n_kv         = split ? 4099 : 2189;
                     c.mask         = (emu_mask) (1 + (di + j + (split ? 0 : 2)) % 4);
@@ -348,15 +350,13 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
     p.nb31 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) : 0;
     p.nb33 = has_mask ? (int64_t) c.n_kv * sizeof(uint16_t) * c.n_tok : 0;
 
-    p.mma = tq_of(c.type_v) < TQ_TYPE_VTQ2_3 ? g_mma : 0;  // as tq_fattn_use_mma
-
-    const int per_sm     = p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM;
-    const int step       = TQ_FA_STEP;
-    const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
-    const int want_split = std::max(1, (per_sm * c.n_sm + base - 1) / base);
-    const int n_steps    = (p.n_kv + step - 1) / step;
-    p.kv_per_split       = std::max(2, (n_steps + want_split - 1) / want_split) * step;
-    p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);
+    p.mma = tq_of(c.type_v) < TQ_TYPE_VTQ2_3 ? (g_mma == 4 ? 1 : g_mma) : 0;  // as tq_fattn_use_mma
+    tq_fattn_set_split(p, c.n_sm, p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM);
+    if (g_mma == 4 && tq_fattn_xh_fits(p, D, row_k, row_v)) {  // as tq_cuda_fattn with LLAMA_TQ_CUDA_FA_XH=1
+        p.mma = 4;
+        tq_fattn_set_split(p, c.n_sm, TQ_FA_MMA_BLOCKS_PER_SM);
+    }
+    n_xh += p.mma == 4 ? 1 : 0;
 
     const size_t n_out = (size_t) p.n_rows * D;
     guarded_buf  obuf(n_out * sizeof(float));
@@ -543,7 +543,7 @@ static void on_exit_in_case() {  // an emulation error (emu_fatal) exits with st
 
 static void usage() {
     fprintf(stderr, "usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] "
-                    "[--case N] [--tol X] [--mma | --mma-stage | --mma-nopair] [--verbose]\n");
+                    "[--case N] [--tol X] [--mma | --mma-stage | --mma-nopair | --mma-xh] [--cp-eager] [--verbose]\n");
     exit(2);
 }
 
@@ -591,6 +591,10 @@ int main(int argc, char ** argv) {
             g_mma = 2;
         } else if (a == "--mma-nopair") {
             g_mma = 3;
+        } else if (a == "--mma-xh") {
+            g_mma = 4;
+        } else if (a == "--cp-eager") {
+            emu_set_cp_eager(true);
         } else if (a == "--verbose") {
             verbose = true;
         } else {
@@ -641,7 +645,8 @@ int main(int argc, char ** argv) {
     for (const int h : hits) {
         n_hit += h > 0 ? 1 : 0;
     }
-    printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d kernel=%s\n", order_name,
-           n_run, n_failed, worst, tol, n_hit, (int) instances.size(), g_mma == 3 ? "mma-nopair" : g_mma == 2 ? "mma-stage" : g_mma ? "mma" : "vec");
+    static const char * kernel_names[5] = { "vec", "mma", "mma-stage", "mma-nopair", "mma-xh" };
+    printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d kernel=%s xh_cases=%d\n",
+           order_name, n_run, n_failed, worst, tol, n_hit, (int) instances.size(), kernel_names[g_mma], n_xh);
     return n_failed == 0 ? 0 : 1;
 }

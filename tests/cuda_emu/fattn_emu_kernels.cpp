@@ -10,25 +10,28 @@
 #endif
 
 // the grid of tq_fattn_launch, one block after another: (KV head x column group, sequence, KV split); p.mma picks
-// the tensor-core form (2: its staging variant, 3: vtq2 without its pair table) for a V type without outlier
-// slots, as tq_fattn_launch does
+// the tensor-core form (2: its staging variant, 3: vtq2 without its pair table, 4: its cross-head variant, a block
+// per group of TQ_FA_XH_HEADS KV heads) for a V type without outlier slots, as tq_fattn_launch does
 template <int D, ggml_type type_k, ggml_type type_v, int NC>
 static void emu_fattn_launch(const tq_fattn_params & p) {
     const tq_cuda_tab<type_k> ktab = tq_cuda_host_tab<type_k>();
     const tq_cuda_tab<type_v> vtab = tq_cuda_host_tab<type_v>();
+    const int n_x = (p.mma == 4 ? p.n_kv_head / TQ_FA_XH_HEADS : p.n_kv_head) * p.n_col_grp;
     for (int z = 0; z < p.n_split; ++z) {
         for (int y = 0; y < p.n_seq; ++y) {
-            for (int x = 0; x < p.n_kv_head * p.n_col_grp; ++x) {
+            for (int x = 0; x < n_x; ++x) {
                 blockIdx = emu_dim3{ (unsigned) x, (unsigned) y, (unsigned) z };
                 emu_run_block(TQ_FA_NTHREADS, [&]() {
                     if constexpr (tq_cuda_fmt<type_v>::n_out == 0) {
                         if (p.mma) {
                             if (p.mma == 2) {
-                                tq_k_fattn_mma<D, type_k, type_v, NC, true, true>(p, ktab, vtab);
+                                tq_k_fattn_mma<D, type_k, type_v, NC, true, true, false>(p, ktab, vtab);
                             } else if (p.mma == 3) {
-                                tq_k_fattn_mma<D, type_k, type_v, NC, false, false>(p, ktab, vtab);
+                                tq_k_fattn_mma<D, type_k, type_v, NC, false, false, false>(p, ktab, vtab);
+                            } else if (p.mma == 4) {
+                                tq_k_fattn_mma<D, type_k, type_v, NC, false, true, true>(p, ktab, vtab);
                             } else {
-                                tq_k_fattn_mma<D, type_k, type_v, NC, false, true>(p, ktab, vtab);
+                                tq_k_fattn_mma<D, type_k, type_v, NC, false, true, false>(p, ktab, vtab);
                             }
                             return;
                         }

@@ -16,11 +16,16 @@ ALiBi, sinks; each in forward, backward and shuffled lane order. The same cases 
 form tq_k_fattn_mma (`--mma`: its mma.m16n8k16 emulated by shuffles; every V type without outlier slots; f16
 inputs, so a tolerance of 4e-3, MMA_TOL), in forward and backward order, and the short cases through its
 variant that stages each chunk's rows in shared memory (`--mma-stage`) and its form without vtq2's pair table
-(`--mma-nopair`, forward order). Mutated copies of the kernel (a barrier
+(`--mma-nopair`, forward order), and its cross-head variant (`--mma-xh`, LLAMA_TQ_CUDA_FA_XH=1: a block per 4 KV
+heads, each chunk's rows copied into shared memory by cp.async while the one before is computed; the short cases
+with 8 or 16 KV heads, half of them with the copies landing as late as the hardware may, at the wait, and half with
+them landing as soon as issued while one warp at a time runs ahead, `--order warps --cp-eager`). Mutated copies of
+the kernel (a barrier
 removed in either form or after the staging copy, the outlier slot order swapped, the 3-bit K code alignment
 dropped, the P fragment's row pairs swapped, the V block scale dropped, in vtq2's pair-table path the scale
 dropped or two rows of an A register swapped, in the fused output rotation a butterfly stage's barrier or the
-1 / sqrt(D) dropped) must fail. A third of the short cases and the split long cases rotate the output by the
+1 / sqrt(D) dropped; in the cross-head variant a wait for the copies, the barrier after it or the barrier
+before the next copies dropped) must fail. A third of the short cases and the split long cases rotate the output by the
 Hadamard transform (upstream's attn_rot on the attention output, fused into the kernel: p.rot); the reference
 multiplies by the Hadamard matrix in float64.
 
@@ -80,6 +85,7 @@ TIMEOUT_S = 600
 
 SUMMARY = re.compile(
     r"fattn_emu: order=(\w+) cases=(\d+) failed=(\d+) worst_rel_err=(\S+) tol=(\S+) instances=(\d+)/(\d+)"
+    r" kernel=(\S+) xh_cases=(\d+)"
 )
 
 
@@ -119,6 +125,7 @@ class Mutation:
     pairs: str  # the EMU_PAIRS list of the mutated build
     cases: int  # short cases of that build: 3 head sizes x 16 per pair
     args: tuple[str, ...] = ()  # more fattn_emu arguments (the tensor-core form: MMA_ARGS)
+    runs: tuple[tuple[str, ...], ...] = (("--order", "forward"), ("--order", "backward"))  # one run each
 
 
 # the tensor-core form tq_k_fattn_mma (fattn_emu --mma; V types with outlier slots keep the vector form, as on the
@@ -131,6 +138,11 @@ MMA_ARGS = ("--mma", "--tol", str(MMA_TOL))
 MMA_STAGE_ARGS = ("--mma-stage", "--tol", str(MMA_TOL))
 # and its form without vtq2's pair table (LLAMA_TQ_CUDA_FA_VPAIR=0): vtq2 one value per lookup, as other V types
 MMA_NOPAIR_ARGS = ("--mma-nopair", "--tol", str(MMA_TOL))
+# and its cross-head variant (LLAMA_TQ_CUDA_FA_XH=1), with the two ends of when cp.async copies land: at the wait
+# (a missing wait or barrier after it shows), or at once while one warp runs ahead of the others (a copy into a
+# chunk that another warp still reads shows)
+MMA_XH_ARGS = ("--mma-xh", "--tol", str(MMA_TOL))
+XH_RUNS = (("--order", "forward"), ("--order", "warps", "--cp-eager"))
 
 MUTATIONS = [
     # the scores of a chunk are read back by other lanes (lane = row) without a barrier
@@ -228,6 +240,37 @@ MUTATIONS = [
         "X(KTQ3, VTQ3_3)",
         48,
     ),
+    # cross-head variant: the warps compute a chunk whose copies may still be in flight
+    Mutation(
+        "mma-xh-wait",
+        "                tq_cp_async_wait<1>();\n",
+        "                tq_cp_async_wait<2>();\n",
+        "X(KTQ2, VTQ2_2)",
+        48,
+        MMA_XH_ARGS,
+        XH_RUNS,
+    ),
+    # ... or read rows that other threads copied, without a barrier after their wait
+    Mutation(
+        "mma-xh-barrier-before",
+        "            __syncthreads();\n            xbuf          = ci & 1;\n",
+        "            xbuf          = ci & 1;\n",
+        "X(KTQ4, VTQ3_2)",
+        48,
+        MMA_XH_ARGS,
+        XH_RUNS,
+    ),
+    # ... or copy the chunk after next into the slots of a chunk that another warp still reads
+    Mutation(
+        "mma-xh-barrier-after",
+        "                chunk(kv0, std::false_type());\n            }\n"
+        "            __syncthreads();\n        }\n    } else if",
+        "                chunk(kv0, std::false_type());\n            }\n        }\n    } else if",
+        "X(KTQ2, VTQ2_2)",
+        48,
+        MMA_XH_ARGS,
+        XH_RUNS,
+    ),
 ]
 
 
@@ -295,6 +338,7 @@ class RunResult:
     failed: int = -1
     worst: float = float("nan")
     instances: tuple[int, int] = (-1, -1)
+    xh_cases: int = -1  # cases that ran the cross-head variant
 
 
 def run_emulator(exe: Path, arg_sets: list[list[str]]) -> list[RunResult]:
@@ -318,6 +362,7 @@ def run_emulator(exe: Path, arg_sets: list[list[str]]) -> list[RunResult]:
         if m:
             r.cases, r.failed, r.worst = int(m[2]), int(m[3]), float(m[4])
             r.instances = (int(m[6]), int(m[7]))
+            r.xh_cases = int(m[9])
         results.append(r)
     return results
 
@@ -344,13 +389,18 @@ def test_kernel_matches_float64_reference(emulator: Path) -> None:
     mma = [["--order", order, "--seed", "7", *MMA_ARGS] for order in ("forward", "backward")]
     stage = [["--order", order, "--seed", "7", "--no-long", *MMA_STAGE_ARGS] for order in ("forward", "backward")]
     nopair = [["--order", "forward", "--seed", "7", "--no-long", *MMA_NOPAIR_ARGS]]
-    results = run_emulator(emulator, vec + mma + stage + nopair)
+    # the cross-head variant: 8 times the KV heads, so half of the short cases under each end of cp.async
+    xh = [[*run, "--seed", "7", "--no-long", "--shard", str(i), "2", *MMA_XH_ARGS] for i, run in enumerate(XH_RUNS)]
+    results = run_emulator(emulator, vec + mma + stage + nopair + xh)
     for r in results:
         print(tail(r.output, 5))
         what = f"fattn_emu {' '.join(r.args)} (exit status {r.returncode}):\n{tail(r.output)}"
         assert r.returncode == 0, what
-        assert r.cases == (EXPECTED_SHORT if "--no-long" in r.args else EXPECTED_CASES), what
+        shards = 2 if "--shard" in r.args else 1
+        assert r.cases == (EXPECTED_SHORT // shards if "--no-long" in r.args else EXPECTED_CASES), what
         assert r.failed == 0, what
+        if "--mma-xh" in r.args:  # head sizes 64 and 128, V without outliers, output not rotated: about a quarter
+            assert r.xh_cases >= r.cases // 5, what
         assert r.worst < (MMA_TOL if any(a.startswith("--mma") for a in r.args) else 1e-4), what
         assert r.instances == (EXPECTED_INSTANCES, EXPECTED_INSTANCES), what
 
@@ -359,7 +409,7 @@ def test_kernel_matches_float64_reference(emulator: Path) -> None:
 def test_mutated_kernel_fails(mutation: Mutation, ref_lib: Path, tmp_path: Path) -> None:
     text = apply_mutation(KERNEL.read_text(), mutation)
     exe = build_emulator(tmp_path / "build", text, ref_lib, pairs=mutation.pairs)
-    results = run_emulator(exe, [["--order", order, "--no-long", *mutation.args] for order in ("forward", "backward")])
+    results = run_emulator(exe, [[*run, "--no-long", *mutation.args] for run in mutation.runs])
     report = "\n".join(
         f"fattn_emu {' '.join(r.args)}: exit status {r.returncode}\n{tail(r.output, 8)}" for r in results
     )

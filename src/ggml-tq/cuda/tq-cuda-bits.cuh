@@ -30,6 +30,39 @@ static void tq_cuda_launch(Kernel kernel, const ggml_cuda_kernel_launch_params &
 }
 #endif
 
+// cp.async (sm_80 and later): a 16-byte copy from global to shared memory that bypasses L1 and the registers; with
+// ok false, 16 zero bytes (src-size 0: src is not read). tq_cp_async_commit closes the group of copies this thread
+// issued since the last one; tq_cp_async_wait<N> waits until at most N of its groups are in flight (the copies of
+// other threads are visible after a barrier that follows). Both addresses 16-byte aligned. Without cp.async (and in
+// the emulation, which completes a group only at the wait, as late as the hardware may) the same semantics
+static __device__ __forceinline__ void tq_cp_async16(void * dst, const void * src, const bool ok) {
+#if defined(TQ_CUDA_EMU)
+    emu_cp_async(dst, src, 16, ok);
+#elif defined(CP_ASYNC_AVAILABLE)
+    const unsigned int s = (unsigned int) __cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" : : "r"(s), "l"(src), "r"(ok ? 16 : 0) : "memory");
+#else
+    *(uint4 *) dst = ok ? *(const uint4 *) src : make_uint4(0, 0, 0, 0);
+#endif
+}
+
+static __device__ __forceinline__ void tq_cp_async_commit() {
+#if defined(TQ_CUDA_EMU)
+    emu_cp_async_commit();
+#elif defined(CP_ASYNC_AVAILABLE)
+    asm volatile("cp.async.commit_group;" : : : "memory");
+#endif
+}
+
+template <int N>
+static __device__ __forceinline__ void tq_cp_async_wait() {
+#if defined(TQ_CUDA_EMU)
+    emu_cp_async_wait(N);
+#elif defined(CP_ASYNC_AVAILABLE)
+    asm volatile("cp.async.wait_group %0;" : : "n"(N) : "memory");
+#endif
+}
+
 // 64 stream bits of a block starting at byte `byte` (circular over the qs_bytes of the stream: the
 // trellis is tail-biting; for codebook types the wrapped bytes are never used). qs is 2-byte aligned.
 template <int qs_bytes>

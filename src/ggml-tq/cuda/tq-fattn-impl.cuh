@@ -645,6 +645,58 @@ static __device__ __forceinline__ void tq_fa_stage_rows(uint8_t * sk, uint8_t * 
     }
 }
 
+// the smallest odd multiple of 16 at least n (tq_k_fattn_mma's cross-head slots)
+static constexpr __host__ __device__ int tq_fa_odd16(const int n) {
+    return (n + 15) / 16 % 2 ? (n + 15) / 16 * 16 : (n + 15) / 16 * 16 + 16;
+}
+
+// tq_k_fattn_mma's cross-head variant: a warp writes its head's columns from its registers (acc in the C layout:
+// columns 2 t + r % 2, dims g D / 8 + 2 i + r / 2; m, l of the lane's columns 2 t, 2 t + 1, l summed over the
+// lanes of a t), normalized when the KV rows are not split (sinks as in tq_fa_write_out), else as the split's
+// partial rows with their (max, sum of exp) for the combine kernel
+template <int D, int NC>
+static __device__ __forceinline__ void tq_fa_write_warp(const tq_fattn_params & p, const float (&acc)[D / 16][4],
+                                                        const float (&m)[2], const float (&l)[2],
+                                                        const tq_fa_pos & bp, const int g, const int t) {
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
+        const int c  = 2 * t + u;
+        const int gc = bp.cg * NC + c;
+        if (c >= NC || gc >= p.n_col) {
+            continue;
+        }
+        const int     tk = gc / p.gqa;
+        const int     h  = bp.kvh * p.gqa + gc % p.gqa;
+        const int64_t o  = ((int64_t) bp.seq * p.n_tok + tk) * p.n_head + h;
+        float *       out;
+        float         f;
+        if (p.n_split == 1) {
+            float fs = 1.0f;
+            float lc = l[u];
+            if (p.sinks) {
+                const float sink = p.sinks[h];
+                const float mf   = fmaxf(m[u], sink);
+                fs = expf(m[u] - mf);
+                lc = lc * fs + expf(sink - mf);
+            }
+            out = p.dst + o * D;
+            f   = lc > 0.0f ? fs / lc : 0.0f;
+        } else {
+            const int64_t po = (int64_t) bp.split * p.n_rows + o;
+            out = p.part + po * D;
+            f   = 1.0f;
+            if (g == 0) {
+                p.part_ml[po] = make_float2(m[u], l[u]);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < D / 16; ++i) {
+            out[g * (D / 8) + 2 * i]     = acc[i][u] * f;
+            out[g * (D / 8) + 2 * i + 1] = acc[i][u + 2] * f;
+        }
+    }
+}
+
 #define TQ_FA_MMA_P_PAD 8  // f16 values after each column of s_p in tq_k_fattn_mma (a row stays 16-byte aligned)
 
 // The same blocks, splits and warp chunks as tq_k_fattn_vec, with Q·K and P·V on the tensor cores (mma.m16n8k16,
@@ -659,7 +711,10 @@ static __device__ __forceinline__ void tq_fa_stage_rows(uint8_t * sk, uint8_t * 
 //   O^T += V^T P: A = V of 4 rows (16 kt + 4 t + 0..3) at the lane's D / 8 consecutive dims g D / 8 + (0..),
 //      decoded in registers from the bank-spread table; m-tile m holds the dims g D / 8 + 2 m and + 2 m + 1.
 // Registers: Q D / 8, accumulators D / 4, a row tile's 8 scores: no Q copy per lane as in tq_k_fattn_vec.
-template <int D, ggml_type type_K, ggml_type type_V, int NC, bool STAGE, bool VPAIR>
+// Variants: STAGE (a warp copies its chunk's rows into shared memory first), VPAIR false (vtq2 one value per lookup),
+// XH (a block per TQ_FA_XH_HEADS KV heads, a warp per head, the chunks copied by cp.async: see TQ_FA_XH_HEADS; each
+// warp then writes its own head's result, with no merge of the warps).
+template <int D, ggml_type type_K, ggml_type type_V, int NC, bool STAGE, bool VPAIR, bool XH>
 __launch_bounds__(TQ_FA_NTHREADS, TQ_FA_MMA_BLOCKS_PER_SM)
 static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab<type_K> ktab,
                                       const tq_cuda_tab<type_V> vtab) {
@@ -691,6 +746,21 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     constexpr bool K32  = NB == 1 && (FK::qs_off + 2) % 4 == 0 && (2 * KB) % 4 == 0;
     // the staging variant up to head size 128 (at 256 the slots would pass 48 KiB of static shared memory)
     constexpr bool ST   = STAGE && D <= 128;
+    static_assert(!(STAGE && XH), "one variant at a time");
+    // the cross-head variant (XH: warp w serves KV head NW hg + w of the block's group hg over all the split's rows):
+    // a token's K (V) rows of the group, as the XPK (XPV) 16-byte pieces from the aligned one below the group's first
+    // row (which starts at an even offset), in slots of XSK (XSV) bytes, an odd multiple of 16 (the 8 rows g of a lane
+    // group then start 4 banks apart), two chunks of 32 rows: one being copied while the warps compute the other.
+    // Where those slots would pass the 48 KiB of static shared memory (head size 256, 4-bit K and V at 128 with 8
+    // columns), the warps read the cache directly (XS false)
+    constexpr int  XPK  = (NW * RBK + 14 + 15) / 16;
+    constexpr int  XPV  = (NW * RBV + 14 + 15) / 16;
+    constexpr int  XSK  = tq_fa_odd16(16 * XPK);
+    constexpr int  XSV  = tq_fa_odd16(16 * XPV);
+    constexpr int  VTB  = 4 * (VPR ? tq_fa_vpair_ntab<type_V>() * TQ_FA_VPREP + FV::ntab : FV::ntab * VREP + 1);
+    constexpr int  SMB  = VTB + 4 * NKP + 2 * NW * 8 * (RW + TQ_FA_MMA_P_PAD) + (int) sizeof(tq_fa_result<D, NC>);
+    constexpr bool XS   = XH && D <= 128 && SMB + 2 * RW * (XSK + XSV) <= 48 * 1024;
+    constexpr bool ZR   = ST || XS;  // rows past kv_end read as zeros (scale 0) from shared memory
 
     __shared__ __align__(16) float    s_vtab[VPR ? tq_fa_vpair_ntab<type_V>() * TQ_FA_VPREP : FV::ntab * VREP];
     __shared__ float                  s_vlv[VPR ? FV::ntab : 1];  // VPR: the levels, staged to build s_vtab
@@ -699,6 +769,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     // unpadded (one bank: 4-way conflicts, Nsight Compute), 40 words apart padded (4 banks)
     __shared__ __align__(16) uint16_t s_p[NW][8][RW + TQ_FA_MMA_P_PAD];
     __shared__ __align__(16) uint8_t  s_kv[NW][ST ? RW * (SK + SV) : 4];  // ST: a warp's K rows, V rows
+    __shared__ __align__(16) uint8_t  s_x[XS ? 2 : 1][XS ? RW * (XSK + XSV) : 16];  // XS: two chunks of the group
     __shared__ tq_fa_result<D, NC>    s_res;
 
     const int tid  = threadIdx.x;
@@ -707,7 +778,11 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     const int g    = lane / 4;
     const int t    = lane % 4;
 
-    const tq_fa_pos bp = tq_fa_block_pos(p);
+    tq_fa_pos bp = tq_fa_block_pos(p);
+    const int kvh0 = bp.kvh * NW;  // XH: the group's first KV head
+    if constexpr (XH) {
+        bp.kvh = kvh0 + warp;
+    }
 
     // programmatic dependent launch, as in tq_k_fattn_vec: the tables before the sync, global memory after it
     ggml_cuda_pdl_lc();
@@ -789,6 +864,18 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     uint8_t * sk   = s_kv[warp];
     uint8_t * sv   = sk + RW * SK;
 
+    // XS: the group's rows in the cache from their aligned 16-byte piece (xk, xv), this warp's row in a slot (xk0, xv0),
+    // the bytes of a token's pieces (xnk, xnv), the chunk being read (xbuf)
+    const int64_t   xok = (int64_t) kvh0 * p.nb12;
+    const int64_t   xov = (int64_t) kvh0 * p.nb22;
+    const uint8_t * xk  = (const uint8_t *) p.K + bp.seq * p.nb13 + (xok & ~(int64_t) 15);
+    const uint8_t * xv  = (const uint8_t *) p.V + bp.seq * p.nb23 + (xov & ~(int64_t) 15);
+    const int       xk0 = (int) (xok & 15) + warp * RBK;
+    const int       xv0 = (int) (xov & 15) + warp * RBV;
+    const int       xnk = (int) (xok & 15) + NW * RBK;
+    const int       xnv = (int) (xov & 15) + NW * RBV;
+    int             xbuf = 0;
+
     auto chunk = [&](const int kv0, auto full) {
         constexpr bool FULL = decltype(full)::value;
 
@@ -799,7 +886,12 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         const uint8_t * vb;
         int             kst;
         int             vst;
-        if constexpr (ST) {
+        if constexpr (XS) {
+            kb  = s_x[xbuf] + xk0;
+            kst = XSK;
+            vb  = s_x[xbuf] + RW * XSK + xv0;
+            vst = XSV;
+        } else if constexpr (ST) {
             tq_fa_stage_rows<RBK / 2, RBV / 2, SK, SV>(sk, sv, (const uint16_t *) (K + (int64_t) kv0 * p.nb11),
                                                        (const uint16_t *) (V + (int64_t) kv0 * p.nb21), nb11 / 2,
                                                        nb21 / 2, FULL ? RW : bp.kv_end - kv0, lane);
@@ -819,8 +911,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         float s[4][2];
 #pragma unroll
         for (int rt = 0; rt < 2; ++rt) {
-            const bool      ok0 = ST || FULL || kv0 + 16 * rt + g < bp.kv_end;
-            const bool      ok1 = ST || FULL || kv0 + 16 * rt + g + 8 < bp.kv_end;
+            const bool      ok0 = ZR || FULL || kv0 + 16 * rt + g < bp.kv_end;
+            const bool      ok1 = ZR || FULL || kv0 + 16 * rt + g + 8 < bp.kv_end;
             const uint8_t * k0  = kb + (16 * rt + g) * kst;
             const uint8_t * k1  = k0 + 8 * kst;
             float sc[4] = { 0.0f, 0.0f, 0.0f, 0.0f };
@@ -922,7 +1014,7 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
             float dr[4];  // V scales (a row of several blocks)
 #pragma unroll
             for (int i = 0; i < 4; ++i) {
-                ok[i] = ST || FULL || kv0 + 16 * kt + 4 * t + i < bp.kv_end;
+                ok[i] = ZR || FULL || kv0 + 16 * kt + 4 * t + i < bp.kv_end;
                 dr[i] = !V1 && ok[i] ? __half2float(*(const half *) (vp + i * vst)) : 1.0f;
             }
 #pragma unroll
@@ -980,15 +1072,80 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
         __syncwarp();  // s_p is rewritten by the next chunk
     };
 
-    tq_fa_for_chunks(bp, warp, chunk);
+    if constexpr (XS) {
+        // chunk ci + 1 is copied (its own commit group) while the warps compute chunk ci; a barrier before the
+        // warps read a chunk (every thread's copies waited for), one after (its slots are copied into next)
+        const int n_ch  = (bp.kv_end - bp.kv_begin + RW - 1) / RW;
+        auto      issue = [&](const int ci) {
+            const int kv0 = bp.kv_begin + ci * RW;
+            uint8_t * dk  = s_x[ci & 1];
+            uint8_t * dv  = dk + RW * XSK;
+            for (int i = tid; i < RW * XPK; i += TQ_FA_NTHREADS) {
+                const int r = i / XPK;
+                const int c = i - r * XPK;
+                if (16 * c < xnk) {
+                    const bool ok = kv0 + r < bp.kv_end;
+                    tq_cp_async16(dk + r * XSK + 16 * c, xk + (ok ? (int64_t) (kv0 + r) * p.nb11 + 16 * c : 0), ok);
+                }
+            }
+            for (int i = tid; i < RW * XPV; i += TQ_FA_NTHREADS) {
+                const int r = i / XPV;
+                const int c = i - r * XPV;
+                if (16 * c < xnv) {
+                    const bool ok = kv0 + r < bp.kv_end;
+                    tq_cp_async16(dv + r * XSV + 16 * c, xv + (ok ? (int64_t) (kv0 + r) * p.nb21 + 16 * c : 0), ok);
+                }
+            }
+            tq_cp_async_commit();
+        };
+        if (n_ch > 0) {
+            issue(0);
+        }
+#pragma unroll 1
+        for (int ci = 0; ci < n_ch; ++ci) {
+            if (ci + 1 < n_ch) {
+                issue(ci + 1);
+                tq_cp_async_wait<1>();
+            } else {
+                tq_cp_async_wait<0>();
+            }
+            __syncthreads();
+            xbuf          = ci & 1;
+            const int kv0 = bp.kv_begin + ci * RW;
+            if (kv0 + RW <= bp.kv_end) {
+                chunk(kv0, std::true_type());
+            } else {
+                chunk(kv0, std::false_type());
+            }
+            __syncthreads();
+        }
+    } else if constexpr (XH) {
+#pragma unroll 1
+        for (int kv0 = bp.kv_begin; kv0 < bp.kv_end; kv0 += RW) {
+            if (kv0 + RW <= bp.kv_end) {
+                chunk(kv0, std::true_type());
+            } else {
+                chunk(kv0, std::false_type());
+            }
+        }
+    } else {
+        tq_fa_for_chunks(bp, warp, chunk);
+    }
 
-    // ---- the warp's 8 lanes of a column, then the warps ----
+    // ---- the warp's 8 lanes of a column, then (one head per block) the warps ----
 #pragma unroll
     for (int u = 0; u < 2; ++u) {
 #pragma unroll
         for (int off = 4; off < WARP_SIZE; off <<= 1) {
             l[u] += __shfl_xor_sync(0xffffffff, l[u], off, WARP_SIZE);
         }
+    }
+    if constexpr (XH) {
+        tq_fa_write_warp<D, NC>(p, acc, m, l, bp, g, t);
+        return;
+    }
+#pragma unroll
+    for (int u = 0; u < 2; ++u) {
         if (g == 0 && 2 * t + u < NC) {
             s_res.wm[warp][2 * t + u] = m[u];
             s_res.wl[warp][2 * t + u] = l[u];
@@ -1039,16 +1196,22 @@ void tq_fattn_launch(const tq_fattn_params & p, cudaStream_t stream) {
     if constexpr (tq_cuda_fmt<type_V>::n_out == 0) {
         if constexpr (tq_fa_vpair<type_V>()) {
             if (p.mma == 3) {
-                tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, false>, lp, p, kt, vt);
+                tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, false, false>, lp, p, kt, vt);
                 return;
             }
         }
         if (p.mma == 2) {
-            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, true, true>, lp, p, kt, vt);
+            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, true, true, false>, lp, p, kt, vt);
+            return;
+        }
+        if (p.mma == 4) {  // a block per group of TQ_FA_XH_HEADS KV heads
+            const ggml_cuda_kernel_launch_params lx(dim3(p.n_kv_head / TQ_FA_XH_HEADS * p.n_col_grp, p.n_seq,
+                                                         p.n_split), dim3(TQ_FA_NTHREADS), 0, stream);
+            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, true, true>, lx, p, kt, vt);
             return;
         }
         if (p.mma != 0) {
-            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, true>, lp, p, kt, vt);
+            tq_cuda_launch(tq_k_fattn_mma<D, type_K, type_V, NC, false, true, false>, lp, p, kt, vt);
             return;
         }
     }

@@ -122,19 +122,21 @@ static int tq_fattn_use_mma(const ggml_type type_V, const int device, const int 
 
 // merges the n_split partial results of each output row: one block per row. The weights exp(m_s - m) of the
 // splits are computed in parallel (one split per thread) into shared memory; then thread (g, e) sums the
-// splits g, g + G, ... of element e with independent loads, and the G partial sums meet in shared memory.
+// splits g, g + G, ... of the four elements 4 e .. 4 e + 3 with independent 16-byte loads (G = 4 * threads / D
+// groups: 16 at head size 64, so a row of 256 splits is 16 loads per thread), and the G partial sums meet in
+// shared memory.
 static __global__ void __launch_bounds__(TQ_FA_COMBINE_THREADS)
 tq_k_fattn_combine(const float * GGML_CUDA_RESTRICT part, const float2 * GGML_CUDA_RESTRICT part_ml,
                    const float * GGML_CUDA_RESTRICT sinks, float * GGML_CUDA_RESTRICT dst, const int D,
                    const int n_rows, const int n_split, const int n_head) {
-    extern __shared__ float s_mem[];  // [n_split] weights, then [TQ_FA_COMBINE_THREADS] partial sums
+    extern __shared__ __align__(16) float s_mem[];  // n_split weights (padded to 4), 4 * THREADS partial sums
     __shared__ float s_red[TQ_FA_COMBINE_THREADS / WARP_SIZE];
     __shared__ float s_m;
     ggml_cuda_pdl_lc();  // programmatic dependent launch (tq_fattn_cuda): every global read after the sync
     ggml_cuda_pdl_sync();
     __shared__ float s_l;
     float * s_w   = s_mem;
-    float * s_acc = s_mem + n_split;
+    float * s_acc = s_mem + (n_split + 3) / 4 * 4;  // 16-byte aligned
 
     const int64_t o    = blockIdx.x;
     const int     tid  = threadIdx.x;
@@ -185,21 +187,28 @@ tq_k_fattn_combine(const float * GGML_CUDA_RESTRICT part, const float2 * GGML_CU
         s_l = ll;
     }
 
-    const int G = TQ_FA_COMBINE_THREADS / D;  // D divides the block (64, 128 or 256)
-    const int g = tid / D;
-    const int e = tid % D;
-    float     acc = 0.0f;
-#pragma unroll 8
+    const int DQ = D / 4;                       // 16-byte pieces of a row
+    const int G  = TQ_FA_COMBINE_THREADS / DQ;  // D / 4 divides the block (D = 64, 128 or 256)
+    const int g  = tid / DQ;
+    const int e  = tid % DQ;
+    float4    acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 4
     for (int s = g; s < n_split; s += G) {
-        acc += s_w[s] * part[((int64_t) s * n_rows + o) * D + e];
+        const float  w = s_w[s];
+        const float4 v = ((const float4 *) (part + ((int64_t) s * n_rows + o) * D))[e];
+        acc.x += w * v.x;
+        acc.y += w * v.y;
+        acc.z += w * v.z;
+        acc.w += w * v.w;
     }
-    s_acc[tid] = acc;
+    *(float4 *) (s_acc + 4 * tid) = acc;  // element 4 e + c of group g at g D + 4 e + c
     __syncthreads();
     if (tid < D) {
+        float sum = s_acc[tid];
         for (int gg = 1; gg < G; ++gg) {
-            acc += s_acc[gg * D + tid];
+            sum += s_acc[gg * D + tid];
         }
-        dst[o * D + tid] = s_l > 0.0f ? acc / s_l : 0.0f;
+        dst[o * D + tid] = s_l > 0.0f ? sum / s_l : 0.0f;
     }
 }
 
@@ -253,17 +262,18 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst, ggml_tens
 
     p.mma = tq_fattn_use_mma(V->type, ctx.device, D, NC);
 
-    // split the KV rows over blocks until the GPU holds about one wave (the kernel's launch bounds: blocks per
-    // SM), a split being whole steps of the block (4 warps x 32 rows) and at least two of them: a short cache
-    // (decode at depth 0) is one split, with no combine kernel after it
-    const int nsm        = ggml_cuda_info().devices[ctx.device].nsm;
-    const int per_sm     = p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM;
-    const int step       = TQ_FA_STEP;
-    const int base       = p.n_kv_head * p.n_col_grp * p.n_seq;
-    const int want_split = std::max(1, (per_sm * nsm + base - 1) / base);
-    const int n_steps    = (p.n_kv + step - 1) / step;
-    p.kv_per_split       = std::max(2, (n_steps + want_split - 1) / want_split) * step;
-    p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);
+    // the KV split for the kernel's launch bounds (blocks per SM); then, opt-in (LLAMA_TQ_CUDA_FA_XH=1), the
+    // tensor-core form's cross-head variant wherever it fits. On the H200 (hd64, 8 KV heads, depth 131072) its kernel
+    // is 2.4 % faster (49.66 vs 50.88 us), but its four times as many splits make the combine 1.9 us slower (6.15 vs
+    // 4.23 us): tg 409.7 vs 424.4 t/s (docs/results.md)
+    const int nsm = ggml_cuda_info().devices[ctx.device].nsm;
+    tq_fattn_set_split(p, nsm, p.mma ? TQ_FA_MMA_BLOCKS_PER_SM : TQ_FA_VEC_BLOCKS_PER_SM);
+    static const char * xh_env = getenv("LLAMA_TQ_CUDA_FA_XH");
+    if (xh_env && strcmp(xh_env, "1") == 0 &&
+        tq_fattn_xh_fits(p, D, (int64_t) ggml_row_size(K->type, D), (int64_t) ggml_row_size(V->type, D))) {
+        p.mma = 4;
+        tq_fattn_set_split(p, nsm, TQ_FA_MMA_BLOCKS_PER_SM);
+    }
 
     cudaStream_t stream = ctx.stream();
     ggml_cuda_pool_alloc<float>  part(ctx.pool());
@@ -280,7 +290,7 @@ void tq_cuda_fattn(ggml_backend_cuda_context & ctx, ggml_tensor * dst, ggml_tens
     launch(p, stream);
 
     if (p.n_split > 1) {
-        const size_t smem = (size_t) (p.n_split + TQ_FA_COMBINE_THREADS) * sizeof(float);
+        const size_t smem = (size_t) ((p.n_split + 3) / 4 * 4 + 4 * TQ_FA_COMBINE_THREADS) * sizeof(float);
         const ggml_cuda_kernel_launch_params lp(dim3(p.n_rows), dim3(TQ_FA_COMBINE_THREADS), smem, stream);
         tq_cuda_launch(tq_k_fattn_combine, lp, (const float *) p.part, (const float2 *) p.part_ml, p.sinks, p.dst, D,
                        p.n_rows, p.n_split, p.n_head);

@@ -17,6 +17,7 @@
 
 #include "common.cuh"
 
+#include <algorithm>
 #include <cstdint>
 
 // the compiled K/V pairs: X(K suffix, V suffix); the build writes tq-fattn-pairs.h (tq-cuda.cmake)
@@ -35,6 +36,14 @@
 
 // KV rows a block takes per step (each of its 4 warps a chunk of 32); a KV split is whole steps
 #define TQ_FA_STEP TQ_FA_NTHREADS
+
+// the tensor-core form's cross-head variant (p.mma == 4, opt-in: LLAMA_TQ_CUDA_FA_XH=1): a block serves
+// TQ_FA_XH_HEADS consecutive KV heads, one per warp, and copies each chunk of 32 rows of all of them (contiguous in
+// the cache) into shared memory with 16-byte cp.async copies while the warps compute the chunk before (dense loads
+// that bypass L1, where the direct form reads 2-byte pieces of rows 144 bytes apart); a KV split is whole chunks,
+// at least two
+#define TQ_FA_XH_HEADS 4
+#define TQ_FA_XH_STEP  32
 
 struct tq_fattn_params {
     const char *  Q;
@@ -66,7 +75,8 @@ struct tq_fattn_params {
     int     n_split;
     int     ne33;
     int     mma;  // 1: the tensor-core form tq_k_fattn_mma (a V type without outlier slots, sm_80+), 2: its staging
-                  // variant, 3: vtq2 without its pair table (one lookup per value, for comparison)
+                  // variant, 3: vtq2 without its pair table (one lookup per value, for comparison), 4: its
+                  // cross-head variant (TQ_FA_XH_HEADS; where tq_fattn_xh_fits)
     int     rot;  // 1: the output goes through the Hadamard transform of size D (upstream's attn_rot of the
                   // attention output, fused: tq_cuda_try_fuse_fattn_rot); dst is then the rotation's output
     int64_t nb01, nb02, nb03;
@@ -74,6 +84,29 @@ struct tq_fattn_params {
     int64_t nb21, nb22, nb23;
     int64_t nb31, nb33;
 };
+
+// the cross-head variant can serve these parameters (the tensor-core form chosen, no fused rotation, head size up to
+// 128): whole groups of TQ_FA_XH_HEADS KV heads, the heads of a row contiguous (rbk, rbv: bytes of a head's K, V
+// row), 16-byte aligned data and row and sequence strides (its copies are 16-byte aligned pieces that cover a group's
+// rows, at most 14 bytes more on each side, inside the row of all heads)
+static inline bool tq_fattn_xh_fits(const tq_fattn_params & p, const int D, const int64_t rbk, const int64_t rbv) {
+    return p.mma == 1 && !p.rot && D <= 128 && p.n_kv_head % TQ_FA_XH_HEADS == 0 && p.nb12 == rbk &&
+           p.nb22 == rbv && (((uintptr_t) p.K | (uintptr_t) p.V) % 16 == 0) &&
+           ((p.nb11 | p.nb13 | p.nb21 | p.nb23) % 16 == 0);
+}
+
+// the KV split (p.kv_per_split, p.n_split): over blocks until the GPU holds about one wave of per_sm blocks on each
+// of nsm multiprocessors, a split being whole steps of a block (4 warps x 32 rows; the cross-head variant: 32
+// rows of its 4 heads) and at least two of them: a short cache (decode at depth 0) is one split, with no combine
+static inline void tq_fattn_set_split(tq_fattn_params & p, const int nsm, const int per_sm) {
+    const bool xh        = p.mma == 4;
+    const int step       = xh ? TQ_FA_XH_STEP : TQ_FA_STEP;
+    const int base       = (xh ? p.n_kv_head / TQ_FA_XH_HEADS : p.n_kv_head) * p.n_col_grp * p.n_seq;
+    const int want_split = std::max(1, (per_sm * nsm + base - 1) / base);
+    const int n_steps    = (p.n_kv + step - 1) / step;
+    p.kv_per_split       = std::max(2, (n_steps + want_split - 1) / want_split) * step;
+    p.n_split            = std::max(1, (p.n_kv + p.kv_per_split - 1) / p.kv_per_split);
+}
 
 // launches the kernel of one (D, K type, V type, NC) instance; defined in tq-fattn-d*.cu
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
