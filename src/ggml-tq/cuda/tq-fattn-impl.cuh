@@ -697,6 +697,22 @@ static __device__ __forceinline__ void tq_fa_write_warp(const tq_fattn_params & 
     }
 }
 
+// tq_k_fattn_mma's cross-head variant: the block's threads copy rows kv0 .. kv0 + R - 1 of a group's heads, the
+// first n bytes of each from src (16-byte pieces; rows n_rows and later as zeros), into slots of S bytes at dst
+template <int R, int NP, int S>
+static __device__ __forceinline__ void tq_fa_xh_copy(uint8_t * dst, const uint8_t * src, const int n,
+                                                     const int64_t stride, const int n_rows, const int kv0,
+                                                     const int tid) {
+    for (int i = tid; i < R * NP; i += TQ_FA_NTHREADS) {
+        const int r = i / NP;
+        const int c = i - r * NP;
+        if (16 * c < n) {
+            const bool ok = r < n_rows;
+            tq_cp_async16(dst + r * S + 16 * c, src + (ok ? (int64_t) (kv0 + r) * stride + 16 * c : 0), ok);
+        }
+    }
+}
+
 #define TQ_FA_MMA_P_PAD 8  // f16 values after each column of s_p in tq_k_fattn_mma (a row stays 16-byte aligned)
 
 // The same blocks, splits and warp chunks as tq_k_fattn_vec, with Q·K and P·V on the tensor cores (mma.m16n8k16,
@@ -1080,22 +1096,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
             const int kv0 = bp.kv_begin + ci * RW;
             uint8_t * dk  = s_x[ci & 1];
             uint8_t * dv  = dk + RW * XSK;
-            for (int i = tid; i < RW * XPK; i += TQ_FA_NTHREADS) {
-                const int r = i / XPK;
-                const int c = i - r * XPK;
-                if (16 * c < xnk) {
-                    const bool ok = kv0 + r < bp.kv_end;
-                    tq_cp_async16(dk + r * XSK + 16 * c, xk + (ok ? (int64_t) (kv0 + r) * p.nb11 + 16 * c : 0), ok);
-                }
-            }
-            for (int i = tid; i < RW * XPV; i += TQ_FA_NTHREADS) {
-                const int r = i / XPV;
-                const int c = i - r * XPV;
-                if (16 * c < xnv) {
-                    const bool ok = kv0 + r < bp.kv_end;
-                    tq_cp_async16(dv + r * XSV + 16 * c, xv + (ok ? (int64_t) (kv0 + r) * p.nb21 + 16 * c : 0), ok);
-                }
-            }
+            tq_fa_xh_copy<RW, XPK, XSK>(dk, xk, xnk, p.nb11, bp.kv_end - kv0, kv0, tid);
+            tq_fa_xh_copy<RW, XPV, XSV>(dv, xv, xnv, p.nb21, bp.kv_end - kv0, kv0, tid);
             tq_cp_async_commit();
         };
         if (n_ch > 0) {
