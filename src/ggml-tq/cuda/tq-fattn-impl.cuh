@@ -767,8 +767,8 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     // a token's K (V) rows of the group, as the XPK (XPV) 16-byte pieces from the aligned one below the group's first
     // row (which starts at an even offset), in slots of XSK (XSV) bytes, an odd multiple of 16 (the 8 rows g of a lane
     // group then start 4 banks apart), two chunks of 32 rows: one being copied while the warps compute the other.
-    // Where those slots would pass the 48 KiB of static shared memory (head size 256, 4-bit K and V at 128 with 8
-    // columns), the warps read the cache directly (XS false)
+    // Where those slots would pass the 48 KiB of static shared memory (head size 256; at 128 the pairs with 4-bit K),
+    // the warps read the cache directly (XS false)
     constexpr int  XPK  = (NW * RBK + 14 + 15) / 16;
     constexpr int  XPV  = (NW * RBV + 14 + 15) / 16;
     constexpr int  XSK  = tq_fa_odd16(16 * XPK);
