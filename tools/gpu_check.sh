@@ -286,7 +286,8 @@ if [ "${TQ_BENCH:-0}" = 1 ]; then
                     0 | 1) famma_env=(LLAMA_TQ_CUDA_FA_MMA=$famma) ;;
                     stage) famma_env=(LLAMA_TQ_CUDA_FA_STAGE=1) ;;
                     nopair) famma_env=(LLAMA_TQ_CUDA_FA_VPAIR=0) ;;
-                    xh | noxh) famma_env=(LLAMA_TQ_CUDA_FA_XH=$([ "$famma" = xh ] && echo 1 || echo 0)) ;;
+                    xh) famma_env=(LLAMA_TQ_CUDA_FA_XH=1) ;;
+                    noxh) famma_env=(LLAMA_TQ_CUDA_FA_XH=0) ;;
                 esac
                 [ "$vspec" != default ] && famma_env+=(LLAMA_TQ_CUDA_VIT_SPEC=$vspec)
                 [ "$pdl" != default ] && famma_env+=(LLAMA_TQ_CUDA_PDL=$pdl)

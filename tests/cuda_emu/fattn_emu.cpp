@@ -15,7 +15,7 @@
 // is below the tolerance (default 1e-4; the kernel's float32 arithmetic gives about 1e-6, a decoding or
 // softmax error gives 1e-2 and more). Outputs start as NaN, so an output the kernel does not write fails.
 //
-// usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] [--case N]
+// usage: fattn_emu [--order forward|backward|shuffled|warps] [--seed S] [--shard I N] [--no-long] [--case N]
 //                  [--tol X] [--mma | --mma-stage | --mma-nopair | --mma-xh] [--cp-eager] [--verbose]
 // prints a FAIL line per failing case and a summary line; exit status 0 if every case passed, 1 if not
 // (2: an emulation error such as a barrier deadlock).
@@ -118,7 +118,7 @@ struct fa_pair {
 // (p.mma = 3); --mma-xh: its cross-head variant (p.mma = 4) wherever tq_fattn_xh_fits (LLAMA_TQ_CUDA_FA_XH=1), with 8
 // times the KV heads of every case (8 or 16: whole groups, and 16-byte row strides for every type)
 static int g_mma = 0;
-static int n_xh  = 0;  // cases that ran the cross-head variant
+static int g_xh_cases = 0;  // cases that ran the cross-head variant
 
 static int tq_of(const ggml_type t) {
     return TQ_GGML_TO_TQ(t);
@@ -356,7 +356,7 @@ static fa_result run_case(const fa_case & c, const int index, const std::vector<
         p.mma = 4;
         tq_fattn_set_split(p, c.n_sm, TQ_FA_MMA_BLOCKS_PER_SM);
     }
-    n_xh += p.mma == 4 ? 1 : 0;
+    g_xh_cases += p.mma == 4 ? 1 : 0;
 
     const size_t n_out = (size_t) p.n_rows * D;
     guarded_buf  obuf(n_out * sizeof(float));
@@ -542,7 +542,7 @@ static void on_exit_in_case() {  // an emulation error (emu_fatal) exits with st
 }
 
 static void usage() {
-    fprintf(stderr, "usage: fattn_emu [--order forward|backward|shuffled] [--seed S] [--shard I N] [--no-long] "
+    fprintf(stderr, "usage: fattn_emu [--order forward|backward|shuffled|warps] [--seed S] [--shard I N] [--no-long] "
                     "[--case N] [--tol X] [--mma | --mma-stage | --mma-nopair | --mma-xh] [--cp-eager] [--verbose]\n");
     exit(2);
 }
@@ -647,6 +647,6 @@ int main(int argc, char ** argv) {
     }
     static const char * kernel_names[5] = { "vec", "mma", "mma-stage", "mma-nopair", "mma-xh" };
     printf("fattn_emu: order=%s cases=%d failed=%d worst_rel_err=%.3g tol=%.3g instances=%d/%d kernel=%s xh_cases=%d\n",
-           order_name, n_run, n_failed, worst, tol, n_hit, (int) instances.size(), kernel_names[g_mma], n_xh);
+           order_name, n_run, n_failed, worst, tol, n_hit, (int) instances.size(), kernel_names[g_mma], g_xh_cases);
     return n_failed == 0 ? 0 : 1;
 }

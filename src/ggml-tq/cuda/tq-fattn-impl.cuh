@@ -124,6 +124,25 @@ static __device__ __forceinline__ void tq_fa_block_ml(const float (&s_wm)[TQ_FA_
     }
 }
 
+// the output row of query column gc of KV head kvh in sequence seq (rows [seq][token][head]), and its query head h
+static __device__ __forceinline__ int64_t tq_fa_out_row(const tq_fattn_params & p, const int kvh, const int seq,
+                                                        const int gc, int & h) {
+    h = kvh * p.gqa + gc % p.gqa;
+    return ((int64_t) seq * p.n_tok + gc / p.gqa) * p.n_head + h;
+}
+
+// a column's attention sink when the KV rows are not split: returns the factor of its output (running max m) and
+// counts the sink of head h into its sum of exp l; 1 and l unchanged without sinks
+static __device__ __forceinline__ float tq_fa_sink(const tq_fattn_params & p, const int h, const float m, float & l) {
+    if (!p.sinks) {
+        return 1.0f;
+    }
+    const float sink = p.sinks[h];
+    const float mf   = fmaxf(m, sink);
+    l                = l * expf(m - mf) + expf(sink - mf);
+    return expf(m - mf);
+}
+
 // writes the block's result s_out[NC][D] (unnormalized, with the columns' mb and lb): normalized into dst when
 // the KV rows are not split, else into the split's partial rows for the combine kernel. With p.rot each column
 // first goes through the Hadamard transform of size D in place (the butterflies of ggml-cuda's fwht, Sylvester
@@ -155,9 +174,8 @@ static __device__ __forceinline__ void tq_fa_write_out(const tq_fattn_params & p
         if (gc >= p.n_col) {
             continue;
         }
-        const int     t  = gc / p.gqa;
-        const int     h  = kvh * p.gqa + gc % p.gqa;
-        const int64_t o  = ((int64_t) seq * p.n_tok + t) * p.n_head + h;
+        int           h;
+        const int64_t o  = tq_fa_out_row(p, kvh, seq, gc, h);
         float         mc = 0.0f;
         float         lc = 0.0f;
 #pragma unroll
@@ -166,13 +184,7 @@ static __device__ __forceinline__ void tq_fa_write_out(const tq_fattn_params & p
             lc = cc == c ? lb[cc] : lc;
         }
         if (p.n_split == 1) {
-            float f = 1.0f;
-            if (p.sinks) {
-                const float sink = p.sinks[h];
-                const float mf   = fmaxf(mc, sink);
-                f  = expf(mc - mf);
-                lc = lc * f + expf(sink - mf);
-            }
+            const float f = tq_fa_sink(p, h, mc, lc);
             p.dst[o * D + i % D] = lc > 0.0f ? s_out[i] * rs * f / lc : 0.0f;
         } else {
             const int64_t po = (int64_t) split * p.n_rows + o;
@@ -665,20 +677,13 @@ static __device__ __forceinline__ void tq_fa_write_warp(const tq_fattn_params & 
         if (c >= NC || gc >= p.n_col) {
             continue;
         }
-        const int     tk = gc / p.gqa;
-        const int     h  = bp.kvh * p.gqa + gc % p.gqa;
-        const int64_t o  = ((int64_t) bp.seq * p.n_tok + tk) * p.n_head + h;
+        int           h;
+        const int64_t o = tq_fa_out_row(p, bp.kvh, bp.seq, gc, h);
         float *       out;
         float         f;
         if (p.n_split == 1) {
-            float fs = 1.0f;
-            float lc = l[u];
-            if (p.sinks) {
-                const float sink = p.sinks[h];
-                const float mf   = fmaxf(m[u], sink);
-                fs = expf(m[u] - mf);
-                lc = lc * fs + expf(sink - mf);
-            }
+            float       lc = l[u];
+            const float fs = tq_fa_sink(p, h, m[u], lc);
             out = p.dst + o * D;
             f   = lc > 0.0f ? fs / lc : 0.0f;
         } else {
@@ -1144,48 +1149,48 @@ static __global__ void tq_k_fattn_mma(const tq_fattn_params p, const tq_cuda_tab
     }
     if constexpr (XH) {
         tq_fa_write_warp<D, NC>(p, acc, m, l, bp, g, t);
-        return;
-    }
+    } else {
 #pragma unroll
-    for (int u = 0; u < 2; ++u) {
-        if (g == 0 && 2 * t + u < NC) {
-            s_res.wm[warp][2 * t + u] = m[u];
-            s_res.wl[warp][2 * t + u] = l[u];
-        }
-    }
-    __syncthreads();
-    float mb[NC];
-    float lb[NC];
-    tq_fa_block_ml<NC>(s_res.wm, s_res.wl, mb, lb);
-    float fw[2];  // this warp's factor of the lane's columns
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-        float mc = 0.0f;
-#pragma unroll
-        for (int c = 0; c < NC; ++c) {  // registers: constant indices only
-            mc = c == 2 * t + u ? mb[c] : mc;
-        }
-        fw[u] = __expf(m[u] - mc);
-    }
-#pragma unroll
-    for (int w = 0; w < NW; ++w) {
-        if (warp == w) {
-#pragma unroll
-            for (int i = 0; i < NMT; ++i) {
-#pragma unroll
-                for (int r = 0; r < 4; ++r) {
-                    const int c = 2 * t + r % 2;  // c0, c1: dim slot g; c2, c3: slot g + 8
-                    if (c < NC) {
-                        const int o = c * D + g * DV + 2 * i + r / 2;
-                        s_res.out[o] = (w == 0 ? 0.0f : s_res.out[o]) + acc[i][r] * fw[r % 2];
-                    }
-                }
+        for (int u = 0; u < 2; ++u) {
+            if (g == 0 && 2 * t + u < NC) {
+                s_res.wm[warp][2 * t + u] = m[u];
+                s_res.wl[warp][2 * t + u] = l[u];
             }
         }
         __syncthreads();
-    }
+        float mb[NC];
+        float lb[NC];
+        tq_fa_block_ml<NC>(s_res.wm, s_res.wl, mb, lb);
+        float fw[2];  // this warp's factor of the lane's columns
+#pragma unroll
+        for (int u = 0; u < 2; ++u) {
+            float mc = 0.0f;
+#pragma unroll
+            for (int c = 0; c < NC; ++c) {  // registers: constant indices only
+                mc = c == 2 * t + u ? mb[c] : mc;
+            }
+            fw[u] = __expf(m[u] - mc);
+        }
+#pragma unroll
+        for (int w = 0; w < NW; ++w) {
+            if (warp == w) {
+#pragma unroll
+                for (int i = 0; i < NMT; ++i) {
+#pragma unroll
+                    for (int r = 0; r < 4; ++r) {
+                        const int c = 2 * t + r % 2;  // c0, c1: dim slot g; c2, c3: slot g + 8
+                        if (c < NC) {
+                            const int o = c * D + g * DV + 2 * i + r / 2;
+                            s_res.out[o] = (w == 0 ? 0.0f : s_res.out[o]) + acc[i][r] * fw[r % 2];
+                        }
+                    }
+                }
+            }
+            __syncthreads();
+        }
 
-    tq_fa_write_out<D, NC>(p, s_res.out, mb, lb, bp.kvh, bp.cg, bp.seq, bp.split);
+        tq_fa_write_out<D, NC>(p, s_res.out, mb, lb, bp.kvh, bp.cg, bp.seq, bp.split);
+    }
 }
 
 template <int D, ggml_type type_K, ggml_type type_V, int NC>
