@@ -23,6 +23,7 @@ from llama_tq.calibrate.k_means import RopeParams, rope
 
 F32 = NDArray[np.float32]
 KeyHook = Callable[[int, NDArray[np.float64], NDArray[np.float64]], NDArray[np.float64]]
+ValueHook = Callable[[int, NDArray[np.float64]], NDArray[np.float64]]
 
 
 @dataclass
@@ -61,9 +62,11 @@ class Llama:
     def _norm(self, x: F32, w: F32) -> F32:
         return (x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + self.eps) * w).astype(np.float32)
 
-    def logits(self, tokens: list[int], key_hook: KeyHook | None = None, first: int = 0, offset: int = 0) -> F32:
+    def logits(self, tokens: list[int], key_hook: KeyHook | None = None, first: int = 0, offset: int = 0,
+               value_hook: ValueHook | None = None) -> F32:
         """Logits [n - first, n_vocab] of positions first..n-1 for tokens at positions offset..offset+n-1 (one
-        sequence; RoPE is relative, so the offset changes only what a position-bound key hook sees)."""
+        sequence; RoPE is relative, so the offset changes only what a position-bound key hook sees). value_hook
+        (layer, v [n, heads, head size]) returns the values attention should read."""
         t = self.tensors
         x = t["token_embd.weight"][tokens]
         n = len(tokens)
@@ -79,6 +82,8 @@ class Llama:
             q64, k64 = rope(q, pos, self.rope), rope(k, pos, self.rope)
             k = (key_hook(il, q64, k64) if key_hook else k64).astype(np.float32)
             q = q64.astype(np.float32)
+            if value_hook:
+                v = value_hook(il, v.astype(np.float64)).astype(np.float32)
             group = self.n_head // self.n_head_kv
             kh = np.repeat(k.transpose(1, 0, 2), group, axis=0)
             vh = np.repeat(v.transpose(1, 0, 2), group, axis=0)

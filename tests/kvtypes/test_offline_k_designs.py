@@ -4,7 +4,9 @@ The numpy forward pass (benchmarks/np_llama.py) is what scores candidate K forma
 model llama.cpp runs: its logits are compared with the runtime's on the test model (F16 cache), and a forward
 pass whose attention reads zero keys must land far off, so that the comparison can fail. RoPE is relative: a
 common position offset must leave its logits unchanged. The greedy allocation must find the optimum of a
-separable problem with convex distortion curves (brute force over every allocation).
+separable problem with convex distortion curves (brute force over every allocation). The profile-table design
+(benchmarks/k_profiles.py): folding equalises the queries' pair energies, a table keeps each row's best profile,
+and a fitted table spends its bits pair by pair within the block's budget.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from hypothesis import strategies as st
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
+import k_profiles as kp  # noqa: E402
 import k_weighted_proxy as kw  # noqa: E402
 import np_llama  # noqa: E402
 
@@ -99,3 +102,45 @@ def test_greedy_allocation_is_optimal(problem) -> None:
     best = min(float((weight * mse[list(b), np.arange(n)]).sum())
                for b in itertools.product(range(kw.MAX_BITS + 1), repeat=n) if sum(b) == bits.sum())
     assert got <= best + 1e-9 * max(1.0, abs(best))
+
+
+def _rope64() -> kp.RopeParams:
+    return kp.RopeParams(n_rot=64, neox=False, freq_base=10000.0, freq_scale=1.0)
+
+
+def test_folding_makes_the_queries_weigh_every_pair_alike() -> None:
+    rng = np.random.default_rng(1)
+    q = rng.standard_normal((500, 64)) * rng.uniform(0.1, 5.0, 64)
+    a = kp.fold_scales(q, _rope64())
+    i0, i1 = _rope64().pairs()
+    np.testing.assert_array_equal(a[i0], a[i1])
+    folded = q / a
+    lam = (folded[:, i0] ** 2 + folded[:, i1] ** 2).mean(axis=0)
+    np.testing.assert_allclose(lam, lam.mean(), rtol=1e-10)
+
+
+def test_a_profile_table_keeps_the_best_profile_of_each_row() -> None:
+    rng = np.random.default_rng(2)
+    levels, _ = kp.shape_levels(rng.standard_normal(4000))
+    bits = rng.integers(0, kp.MAX_BITS + 1, (5, 64))
+    table = kp.ProfileTable(bits, rng.uniform(0.2, 3.0, (5, 64)), levels)
+    y = rng.standard_normal((200, 64)) * rng.uniform(0.1, 3.0, 64)
+    got, idx = table(y)
+    each = np.stack([((table._quantize_with(y, p) - y) ** 2).sum(axis=1) for p in range(5)])
+    np.testing.assert_allclose(((got - y) ** 2).sum(axis=1), each.min(axis=0))
+    np.testing.assert_array_equal(idx, each.argmin(axis=0))
+    assert table.index_bits == 3
+
+
+def test_profile_tables_spend_the_budget_pair_by_pair() -> None:
+    rng = np.random.default_rng(3)
+    rp = _rope64()
+    rms = [np.exp(rng.normal(0.0, 1.0, 32)) for _ in range(6)]
+    samples = [rng.standard_normal(500) for _ in range(6)]
+    i0, i1 = rp.pairs()
+    for n_profiles in (0, 3):
+        for w, t in kp.fit_tables(rms, samples, (2, 3), n_profiles, rp).items():
+            assert len(t.bits) == (n_profiles or 6) and t.index_bits == (3 if not n_profiles else 2)
+            budget = 64 * w + 16 - t.index_bits
+            assert np.all(t.bits.sum(axis=1) <= budget) and np.all(t.bits.sum(axis=1) > budget - 2)
+            np.testing.assert_array_equal(t.bits[:, i0], t.bits[:, i1])
