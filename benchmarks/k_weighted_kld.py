@@ -125,6 +125,25 @@ def ktq_hook(width: int) -> np_llama.KeyHook:
     return lambda il, q, k: run(k)
 
 
+def load_windows(args: argparse.Namespace) -> tuple[np_llama.Llama, object, list[list[int]], list[list[int]]]:
+    """The F16 test model (numpy and llama.cpp), args.chunks held-out test windows and args.cal_windows
+    calibration windows from the start of args.text, each of args.ctx tokens."""
+    from llama_tq import _core
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = kv_quality.f16_model(args.out, args.threads)
+    model = np_llama.Llama.load(path)
+    runtime = _core.Model(str(path))
+    held = kv_quality.held_out_text(args.text, args.out, n_bytes=args.ctx * args.chunks * 8).read_text("utf-8")
+    test_tokens = runtime.tokenize(held)
+    cal_tokens = runtime.tokenize(args.text.read_text("utf-8", errors="replace")[: args.ctx * args.cal_windows * 8])
+    if len(test_tokens) < args.ctx * args.chunks or len(cal_tokens) < args.ctx * args.cal_windows:
+        raise SystemExit("the text is too short for --chunks / --cal-windows windows of --ctx tokens")
+    tests = [test_tokens[i * args.ctx:(i + 1) * args.ctx] for i in range(args.chunks)]
+    cals = [cal_tokens[i * args.ctx:(i + 1) * args.ctx] for i in range(args.cal_windows)]
+    return model, runtime, tests, cals
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--text", type=Path, default=kv_quality.DEFAULT_TEXT)
@@ -160,19 +179,9 @@ def main() -> int:
 
     from llama_tq import _core
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = kv_quality.f16_model(args.out, args.threads)
-    model = np_llama.Llama.load(path)
+    model, runtime, tests, cals = load_windows(args)
     if model.rope.n_rot != kw.HEAD or model.tensors["blk.0.attn_k.weight"].shape[0] != kw.HEAD * model.n_head_kv:
         raise SystemExit(f"this benchmark handles head size {kw.HEAD} with RoPE over the whole head")
-    runtime = _core.Model(str(path))
-    held = kv_quality.held_out_text(args.text, args.out, n_bytes=args.ctx * args.chunks * 8).read_text("utf-8")
-    test_tokens = runtime.tokenize(held)
-    cal_tokens = runtime.tokenize(args.text.read_text("utf-8", errors="replace")[: args.ctx * args.cal_windows * 8])
-    if len(test_tokens) < args.ctx * args.chunks or len(cal_tokens) < args.ctx * args.cal_windows:
-        raise SystemExit("the text is too short for --chunks / --cal-windows windows of --ctx tokens")
-    tests = [test_tokens[i * args.ctx:(i + 1) * args.ctx] for i in range(args.chunks)]
-    cals = [cal_tokens[i * args.ctx:(i + 1) * args.ctx] for i in range(args.cal_windows)]
 
     ctx = _core.Context(runtime, n_ctx=args.ctx, n_batch=args.ctx, type_k="f16", type_v="f16", flash_attn=True,
                         n_threads=args.threads)

@@ -94,19 +94,7 @@ def main() -> int:
 
     from tqdm import tqdm
 
-    from llama_tq import _core
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = kv_quality.f16_model(args.out, args.threads)
-    model = np_llama.Llama.load(path)
-    runtime = _core.Model(str(path))
-    held = kv_quality.held_out_text(args.text, args.out, n_bytes=args.ctx * args.chunks * 8).read_text("utf-8")
-    test_tokens = runtime.tokenize(held)
-    cal_tokens = runtime.tokenize(args.text.read_text("utf-8", errors="replace")[: args.ctx * args.cal_windows * 8])
-    if len(test_tokens) < args.ctx * args.chunks or len(cal_tokens) < args.ctx * args.cal_windows:
-        raise SystemExit("the text is too short for --chunks / --cal-windows windows of --ctx tokens")
-    tests = [test_tokens[i * args.ctx:(i + 1) * args.ctx] for i in range(args.chunks)]
-    cals = [cal_tokens[i * args.ctx:(i + 1) * args.ctx] for i in range(args.cal_windows)]
+    model, _, tests, cals = kk.load_windows(args)
     coders = fit_v_coders(model, cals, widths)
     hooks: dict[str, tuple[int, np_llama.ValueHook]] = {}
     for w in widths:

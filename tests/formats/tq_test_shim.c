@@ -1,9 +1,11 @@
 // Test-only exports of the header's inline helpers and struct sizes (built with the library by conftest.py).
+#include "tq-kprof.h"
 #include "tq-quants.h"
 
 void   tq_test_fp16_to_fp32(const uint16_t * h, float * f, int64_t n);
 void   tq_test_fp32_to_fp16(const float * f, uint16_t * h, int64_t n);
 size_t tq_test_sizeof(int type);
+size_t tq_test_kprof_table_size(void);
 
 void tq_test_fp16_to_fp32(const uint16_t * h, float * f, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
@@ -33,4 +35,8 @@ size_t tq_test_sizeof(int type) {
         case TQ_TYPE_VTQ4_3: return sizeof(block_vtq4_3);
         default:             return 0;
     }
+}
+
+size_t tq_test_kprof_table_size(void) {
+    return sizeof(tq_kprof_table);
 }
