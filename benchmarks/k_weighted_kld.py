@@ -79,7 +79,8 @@ def coder_hook(coders: dict[int, list[kw.Coder]]) -> np_llama.KeyHook:
 
 
 def fit_profiles(model: np_llama.Llama, rows: dict[int, tuple[list, list]], widths: tuple[int, ...],
-                 n_profiles: list[int], seed: int) -> tuple[dict[int, list[kw.F64]], dict[tuple[int, int], object]]:
+                 n_profiles: list[int], seed: int
+                 ) -> tuple[dict[int, list[kw.F64]], dict[tuple[int, int], k_profiles.ProfileTable]]:
     """The folding scales {layer: [a per KV head]} and the profile tables {(P, width): table} of k_profiles."""
     rng = np.random.default_rng(seed)
     group = model.n_head // model.n_head_kv

@@ -74,12 +74,12 @@ class Coder:
         return yq @ self.inv.T
 
 
-def fit_levels(x: F64) -> tuple[list[F64], F64]:
+def fit_levels(x: F64, max_iter: int = 200) -> tuple[list[F64], F64]:
     """Lloyd levels for 1..MAX_BITS bits on samples x, and the MSE for 0..MAX_BITS bits (0 bits: x̂ = 0)."""
     levels: list[F64] = [np.zeros(1)]
     mse = [float(np.mean(x * x))]
     for b in range(1, MAX_BITS + 1):
-        r = lloyd_max_empirical(x, 2**b, symmetric=False, tol=1e-9, max_iter=200)
+        r = lloyd_max_empirical(x, 2**b, symmetric=False, tol=1e-9, max_iter=max_iter)
         levels.append(r.levels)
         mse.append(float(np.mean((dequantize(quantize(x, r.levels), r.levels) - x) ** 2)))
     return levels, np.asarray(mse)
@@ -115,11 +115,16 @@ def klt_coders(q: F64, k: F64, budgets: dict[int, int]) -> dict[int, Coder]:
     return {w: Coder(fwd, inv, allocate(mse, np.ones(y.shape[1]), b, 1), levels) for w, b in budgets.items()}
 
 
+def turn_randomly(x: F64, rp: RopeParams, rng: np.random.Generator) -> F64:
+    """Rows x [n, d] turned by RoPE at random positions (the lowest-frequency pair by a uniform angle)."""
+    return rope(x[:, None, :], rng.uniform(0.0, 2.0 * np.pi, len(x)) / rp.angles(np.ones(1))[0, -1], rp)[:, 0]
+
+
 def pair_coders(q: F64, k: F64, budgets: dict[int, int], rp: RopeParams, rng: np.random.Generator
                 ) -> dict[int, Coder]:
     """The RoPE-equivariant coder of pair-N for each width: per pair, a codebook for the pair's values at random
     angles (both members of the pair use it) and bits by the queries' energy in the pair."""
-    turned = rope(k[:, None, :], rng.uniform(0.0, 2.0 * np.pi, len(k)) / rp.angles(np.ones(1))[0, -1], rp)[:, 0]
+    turned = turn_randomly(k, rp, rng)
     i0, i1 = rp.pairs()
     fits = [fit_levels(np.concatenate([turned[:, a], turned[:, b]])) for a, b in zip(i0, i1, strict=True)]
     mse = np.stack([m for _, m in fits], axis=1)
