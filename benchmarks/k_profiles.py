@@ -13,33 +13,29 @@ fitted per head); a ggml type sees only 64 values. This design moves what is per
 - one shape codebook per bit count for all pairs (Lloyd on the folded keys' pair values at random angles,
   divided by their pair's RMS).
 
-With P = the number of calibration heads, each head's own greedy allocation is a profile; with fewer, profiles are
+The runtime form of this design is the ktqp cache type (llama_tq.calibrate.k_profiles, `tq-calibrate
+k-profiles`); this file keeps the benchmark's own fitting (pair RMS per head, clustered tables). With P = the
+number of calibration heads, each head's own greedy allocation is a profile; with fewer, profiles are
 the k-means centres of the heads' log pair RMS (scipy).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from numpy.typing import NDArray
 
-from llama_tq.calibrate.k_means import RopeParams, rope
-from llama_tq.calibrate.lloyd_max import dequantize, lloyd_max_empirical, quantize
+from llama_tq.calibrate.k_means import RopeParams
+from llama_tq.calibrate.k_profiles import (  # noqa: F401  (fold_scales, MAX_BITS: for the scripts that use this)
+    MAX_BITS,
+    ProfileTable,
+    allocate,
+    fit_levels,
+    fold_scales,
+    turn_randomly,
+)
 
 F64 = NDArray[np.float64]
-MAX_BITS = 6
 SHAPE_SAMPLES = 2000  # per head, for the shape codebooks
-
-
-def fold_scales(q: F64, rp: RopeParams) -> F64:
-    """a [d] (equal within a pair) from queries q [n, d]: sqrt of the pair's mean query energy over the mean."""
-    i0, i1 = rp.pairs()
-    lam = (q[:, i0] ** 2 + q[:, i1] ** 2).mean(axis=0) / 2
-    a_pair = np.sqrt(lam / lam.mean())
-    a = np.ones(q.shape[1])
-    a[i0], a[i1] = a_pair, a_pair
-    return a
 
 
 def pair_rms(y: F64, rp: RopeParams) -> F64:
@@ -50,64 +46,20 @@ def pair_rms(y: F64, rp: RopeParams) -> F64:
 
 def shape_sample(y: F64, rp: RopeParams, rng: np.random.Generator, n: int = SHAPE_SAMPLES) -> F64:
     """Folded keys y [n, d] turned by random angles, each pair divided by its RMS: samples of the pair shape."""
-    turned = rope(y[:, None, :], rng.uniform(0.0, 2.0 * np.pi, len(y)) / rp.angles(np.ones(1))[0, -1], rp)[:, 0]
+    turned = turn_randomly(y, rp, rng)
     i0, i1 = rp.pairs()
     s = pair_rms(y, rp)
     z = np.concatenate([turned[:, i0] / s, turned[:, i1] / s]).ravel()
     return rng.choice(z, min(n, z.size), replace=False)
 
 
-@dataclass
-class ProfileTable:
-    bits: NDArray[np.intp]  # [P, d]
-    scale: F64  # [P, d]
-    levels: list[F64]  # shape codebook by bit count (index 0: nothing stored, value 0)
-
-    @property
-    def index_bits(self) -> int:
-        return int(np.ceil(np.log2(len(self.bits)))) if len(self.bits) > 1 else 0
-
-    def _quantize_with(self, y: F64, p: int) -> F64:
-        out = np.zeros_like(y)
-        for b in range(1, MAX_BITS + 1):
-            m = self.bits[p] == b
-            if m.any():
-                out[:, m] = dequantize(quantize(y[:, m] / self.scale[p, m], self.levels[b]), self.levels[b]) \
-                    * self.scale[p, m]
-        return out
-
-    def __call__(self, y: F64) -> tuple[F64, NDArray[np.intp]]:
-        """Each row of y [n, d] through its best profile: (ŷ, profile index per row)."""
-        best = self._quantize_with(y, 0)
-        err = ((best - y) ** 2).sum(axis=1)
-        idx = np.zeros(len(y), dtype=np.intp)
-        for p in range(1, len(self.bits)):
-            yq = self._quantize_with(y, p)
-            e = ((yq - y) ** 2).sum(axis=1)
-            better = e < err
-            best[better], err[better], idx[better] = yq[better], e[better], p
-        return best, idx
-
-
-def shape_levels(samples: F64) -> tuple[list[F64], F64]:
-    """Lloyd levels for 1..MAX_BITS bits on the pooled shape samples, and their MSE for 0..MAX_BITS bits."""
-    levels: list[F64] = [np.zeros(1)]
-    mse = [float(np.mean(samples**2))]
-    for b in range(1, MAX_BITS + 1):
-        lv = lloyd_max_empirical(samples, 2**b, symmetric=False, tol=1e-9, max_iter=300).levels
-        levels.append(lv)
-        mse.append(float(np.mean((dequantize(quantize(samples, lv), lv) - samples) ** 2)))
-    return levels, np.asarray(mse)
-
-
 def fit_tables(rms: list[F64], samples: list[F64], widths: tuple[int, ...], n_profiles: int, rp: RopeParams,
                seed: int = 0) -> dict[int, ProfileTable]:
     """One table per width (64·N + 16 bits per block, the index included) from every calibration head's pair RMS
     [d / 2] and shape samples; n_profiles 0 = one profile per head."""
-    from k_weighted_proxy import allocate
     from scipy.cluster.vq import kmeans2
 
-    levels, mse = shape_levels(np.concatenate(samples))
+    levels, mse = fit_levels(np.concatenate(samples), max_iter=300)
     heads = np.log(np.stack(rms))
     if n_profiles and n_profiles < len(heads):
         centres, _ = kmeans2(heads, n_profiles, minit="++", seed=seed)

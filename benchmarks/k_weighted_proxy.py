@@ -46,11 +46,11 @@ from sink_proxy import attention, kl_rows  # noqa: E402
 
 from llama_tq import codecs  # noqa: E402
 from llama_tq.calibrate.k_means import RopeParams, hadamard_rows, rope  # noqa: E402
-from llama_tq.calibrate.lloyd_max import dequantize, lloyd_max_empirical, quantize  # noqa: E402
+from llama_tq.calibrate.k_profiles import MAX_BITS, allocate, fit_levels, turn_randomly  # noqa: E402, F401
+from llama_tq.calibrate.lloyd_max import dequantize, quantize  # noqa: E402
 
 F64 = NDArray[np.float64]
 WIDTHS = (2, 3, 4)
-MAX_BITS = 6  # per coordinate
 HEAD = 64
 
 
@@ -74,32 +74,6 @@ class Coder:
         return yq @ self.inv.T
 
 
-def fit_levels(x: F64, max_iter: int = 200) -> tuple[list[F64], F64]:
-    """Lloyd levels for 1..MAX_BITS bits on samples x, and the MSE for 0..MAX_BITS bits (0 bits: x̂ = 0)."""
-    levels: list[F64] = [np.zeros(1)]
-    mse = [float(np.mean(x * x))]
-    for b in range(1, MAX_BITS + 1):
-        r = lloyd_max_empirical(x, 2**b, symmetric=False, tol=1e-9, max_iter=max_iter)
-        levels.append(r.levels)
-        mse.append(float(np.mean((dequantize(quantize(x, r.levels), r.levels) - x) ** 2)))
-    return levels, np.asarray(mse)
-
-
-def allocate(mse: F64, weight: F64, budget: int, cost: int) -> NDArray[np.intp]:
-    """Greedy bit allocation: mse [MAX_BITS + 1, n] per unit, weight [n]; each added bit of a unit costs `cost`
-    bits of the budget. Greedy is optimal when every unit's MSE is convex in its bits (Lloyd codebooks nearly
-    are)."""
-    n = mse.shape[1]
-    bits = np.zeros(n, dtype=np.intp)
-    for _ in range(budget // cost):
-        nxt = np.minimum(bits + 1, MAX_BITS)
-        gain = np.where(bits < MAX_BITS, weight * (mse[bits, np.arange(n)] - mse[nxt, np.arange(n)]), -np.inf)
-        if not np.isfinite(gain.max()):
-            break  # every unit at MAX_BITS
-        bits[int(np.argmax(gain))] += 1
-    return bits
-
-
 def klt_coders(q: F64, k: F64, budgets: dict[int, int]) -> dict[int, Coder]:
     """The weighted transform coder of klt-N for each width, fitted on queries q [n, d] and keys k [n, d]."""
     sq, sk = q.T @ q / len(q), k.T @ k / len(k)
@@ -113,11 +87,6 @@ def klt_coders(q: F64, k: F64, budgets: dict[int, int]) -> dict[int, Coder]:
     mse = np.stack([m for _, m in fits], axis=1)
     levels = [lv for lv, _ in fits]
     return {w: Coder(fwd, inv, allocate(mse, np.ones(y.shape[1]), b, 1), levels) for w, b in budgets.items()}
-
-
-def turn_randomly(x: F64, rp: RopeParams, rng: np.random.Generator) -> F64:
-    """Rows x [n, d] turned by RoPE at random positions (the lowest-frequency pair by a uniform angle)."""
-    return rope(x[:, None, :], rng.uniform(0.0, 2.0 * np.pi, len(x)) / rp.angles(np.ones(1))[0, -1], rp)[:, 0]
 
 
 def pair_coders(q: F64, k: F64, budgets: dict[int, int], rp: RopeParams, rng: np.random.Generator

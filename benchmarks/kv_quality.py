@@ -9,7 +9,9 @@ with no f16 staging. Prints a table, and writes it (markdown + JSON) and a PNG t
     python benchmarks/kv_quality.py --pairs ktq2/vtq2,q4_0/q4_0 --chunks 4
 
 K centering (LLAMA_TQ_K_MEANS, a file from `tq-calibrate k-means`): a pair written K/V+kc runs with
---k-means FILE in the environment, and is labelled so; the f16 reference never is.
+--k-means FILE in the environment, and is labelled so; the f16 reference never is. The ktqp K types need
+--k-profiles FILE (LLAMA_TQ_K_PROFILES, from `tq-calibrate k-profiles`); with it, their pairs (KP_PAIRS) join the
+default list.
 
     python benchmarks/kv_quality.py --k-means smol.kmeans.gguf --pairs ktq2/vtq2,ktq2/vtq2+kc
 """
@@ -39,6 +41,7 @@ OUR_PAIRS = [
     "ktq2/vtq2_3", "ktq3/vtq3_3", "ktq4/vtq4_3",            # trellis + outliers V
     "q8_0/vtq2", "ktq4/q8_0", "ktq2/f16", "f16/vtq2",       # one side alone
 ]
+KP_PAIRS = ["ktqp2/vtq2", "ktqp3/vtq3", "ktqp3/vtq2", "ktqp2/f16", "ktqp3/f16"]  # with --k-profiles
 
 FIELDS = {
     "ppl": r"Mean PPL\(Q\)\s*:\s*(-?[0-9.]+)",
@@ -99,7 +102,7 @@ def f16_model(out_dir: Path, threads: int) -> Path:
     return path
 
 
-TQ_ENV = ("LLAMA_TQ_K_MEANS", "LLAMA_TQ_K_LAYERS", "LLAMA_TQ_V_LAYERS")
+TQ_ENV = ("LLAMA_TQ_K_MEANS", "LLAMA_TQ_K_LAYERS", "LLAMA_TQ_V_LAYERS", "LLAMA_TQ_K_PROFILES")
 
 
 def perplexity(model: Path, text: Path, type_k: str, type_v: str, args, extra: list[str],
@@ -183,6 +186,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "kv_quality")
     p.add_argument("--k-means", type=Path, help="LLAMA_TQ_K_MEANS file for the pairs written K/V+kc")
+    p.add_argument("--k-profiles", type=Path, help="LLAMA_TQ_K_PROFILES file for the ktqp pairs (adds KP_PAIRS)")
     p.add_argument("--reuse-base", action="store_true",
                    help="reuse the f16 logits of an earlier run in --out (same model, text and --chunks)")
     p.add_argument("--backend", default="CPU", help="label for the title (e.g. 'CUDA H100')")
@@ -196,7 +200,8 @@ def main() -> int:
         return report_from_logs(args)
     model = args.model or f16_model(args.out, args.threads)
     text = held_out_text(args.text, args.out, n_bytes=args.chunks * args.ctx * 8)
-    pairs = args.pairs.split(",") if args.pairs else UPSTREAM_PAIRS + OUR_PAIRS
+    pairs = args.pairs.split(",") if args.pairs else \
+        UPSTREAM_PAIRS + OUR_PAIRS + (KP_PAIRS if args.k_profiles else [])
     if "f16/f16" not in pairs:
         pairs.insert(0, "f16/f16")
 
@@ -212,9 +217,13 @@ def main() -> int:
         type_k, type_v, centered = split_pair(pair)
         if centered and args.k_means is None:
             sys.exit(f"{pair}: K centering needs --k-means FILE (from `tq-calibrate k-means`)")
+        profiled = type_k.startswith("ktqp")
+        if profiled and args.k_profiles is None:
+            sys.exit(f"{pair}: ktqp needs --k-profiles FILE (from `tq-calibrate k-profiles`)")
         log, seconds = perplexity(model, text, type_k, type_v, args,
                                   ["--kl-divergence-base", str(base_file), "--kl-divergence"],
-                                  k_means=args.k_means if centered else None)
+                                  k_means=args.k_means if centered else None,
+                                  env_extra={"LLAMA_TQ_K_PROFILES": str(args.k_profiles)} if profiled else None)
         (args.out / f"{type_k}-{type_v}{'+kc' if centered else ''}.log").write_text(log)
         rows.append(Row(type_k, type_v, bits_per_element(type_k), bits_per_element(type_v), **parse(log),
                         seconds=seconds, centered=centered))

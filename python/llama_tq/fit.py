@@ -53,9 +53,12 @@ TYPE_TRAITS: dict[str, tuple[int, int]] = {
     "vtq2_3": (64, 24),
     "vtq3_3": (64, 32),
     "vtq4_3": (64, 40),
+    "ktqp2": (64, 18),
+    "ktqp3": (64, 26),
 }
 ALIASES = {"vtq2": "vtq2_2", "vtq3": "vtq3_2", "vtq4": "vtq4_2"}
 V_ONLY = {t for t in TYPE_TRAITS if t.startswith("vtq")}
+K_ONLY = {t for t in TYPE_TRAITS if t.startswith("ktqp")}  # keys folded by their queries (LLAMA_TQ_K_PROFILES)
 TQ_TYPES = {t for t in TYPE_TRAITS if t.startswith(("ktq", "vtq"))}
 
 DEFAULT_PAIRS: tuple[tuple[str, str], ...] = (
@@ -87,6 +90,8 @@ def canonical_type(name: str, *, role: str = "") -> str:
         raise FitError(f"unknown cache type '{name}'; valid types: {valid}")
     if role == "K" and t in V_ONLY:
         raise FitError(f"{name} is a V-cache type; use ktq2, ktq3 or ktq4 (or a ggml type) for the K cache")
+    if role == "V" and t in K_ONLY:
+        raise FitError(f"{name} is a K-cache type; use vtq2, vtq3 or vtq4 (or a ggml type) for the V cache")
     return t
 
 

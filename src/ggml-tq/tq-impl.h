@@ -53,6 +53,9 @@ extern struct tq_tables tq_g_tables;
 
 void tq_ensure_init(void);
 
+// the built-in tables of the ktqp types (tq-kprof.c), filled by tq_init()
+void tq_kprof_init_defaults(void);
+
 // LLAMA_TQ_CODEBOOK loader (tq-codebook-file.c): replaces levels / trellis / hash / source of t with the
 // file's, or aborts with a message naming the file and the problem.
 void tq_load_codebook_file(const char * path, struct tq_tables * t);

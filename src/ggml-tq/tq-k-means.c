@@ -1,11 +1,12 @@
 // llama-tq: K centering, see tq-k-means.h.
 #include "tq-k-means.h"
 
+#include "tq-calib-file.h"
+
 #include "ggml.h"
 #include "gguf.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,16 +16,6 @@ struct tq_k_means {
     struct ggml_context * data;
     char                  arch[128];
 };
-
-static void tq_k_means_err(char * err, size_t err_size, const char * fmt, ...) {
-    if (!err || err_size == 0) {
-        return;
-    }
-    va_list args;
-    va_start(args, fmt);
-    vsnprintf(err, err_size, fmt, args);
-    va_end(args);
-}
 
 void tq_k_means_free(tq_k_means * m) {
     if (!m) {
@@ -42,52 +33,30 @@ void tq_k_means_free(tq_k_means * m) {
 tq_k_means * tq_k_means_load(const char * path, char * err, size_t err_size) {
     tq_k_means * m = (tq_k_means *) calloc(1, sizeof(tq_k_means));
     if (!m) {
-        tq_k_means_err(err, err_size, "out of memory");
+        tq_calib_err(err, err_size, "out of memory");
         return NULL;
     }
-    struct gguf_init_params params = { /*.no_alloc =*/ false, /*.ctx =*/ &m->data };
-    m->gguf = gguf_init_from_file(path, params);
-    if (!m->gguf) {
-        tq_k_means_err(err, err_size, "%s: not a readable GGUF file", path);
+    if (!tq_calib_open(path, "llama_tq.k_means.version", TQ_K_MEANS_VERSION, "k-means", &m->gguf, &m->data, m->arch,
+                       sizeof(m->arch), err, err_size)) {
         goto fail;
     }
-    const int64_t kv = gguf_find_key(m->gguf, "llama_tq.k_means.version");
-    if (kv < 0 || gguf_get_kv_type(m->gguf, kv) != GGUF_TYPE_UINT32) {
-        tq_k_means_err(err, err_size, "%s: no llama_tq.k_means.version (not a file from `tq-calibrate k-means`)", path);
-        goto fail;
-    }
-    if (gguf_get_val_u32(m->gguf, kv) != TQ_K_MEANS_VERSION) {
-        tq_k_means_err(err, err_size, "%s: k-means file version %u, this build reads version %d", path,
-                       gguf_get_val_u32(m->gguf, kv), TQ_K_MEANS_VERSION);
-        goto fail;
-    }
-    const int64_t ka = gguf_find_key(m->gguf, "general.architecture");
-    if (ka < 0 || gguf_get_kv_type(m->gguf, ka) != GGUF_TYPE_STRING) {
-        tq_k_means_err(err, err_size, "%s: no general.architecture", path);
-        goto fail;
-    }
-    snprintf(m->arch, sizeof(m->arch), "%s", gguf_get_val_str(m->gguf, ka));
 
     for (int64_t i = 0; i < gguf_get_n_tensors(m->gguf); ++i) {
         const char *         name = gguf_get_tensor_name(m->gguf, i);
         struct ggml_tensor * t    = ggml_get_tensor(m->data, name);
-        int                  il   = -1;
-        char                 tail = 0;
-        char                 canon[32];
-        if (sscanf(name, "k_mean.%9d%c", &il, &tail) != 1 || il < 0 ||
-            (snprintf(canon, sizeof(canon), "k_mean.%d", il), strcmp(canon, name) != 0)) {
-            tq_k_means_err(err, err_size, "%s: unexpected tensor '%s' (only k_mean.<layer>)", path, name);
+        if (tq_calib_layer_of(name, "k_mean") < 0) {
+            tq_calib_err(err, err_size, "%s: unexpected tensor '%s' (only k_mean.<layer>)", path, name);
             goto fail;
         }
         if (!t || t->type != GGML_TYPE_F32 || t->ne[2] != 1 || t->ne[3] != 1) {
-            tq_k_means_err(err, err_size, "%s: tensor '%s' must be F32 [n_embd_head_k, n_head_kv]", path, name);
+            tq_calib_err(err, err_size, "%s: tensor '%s' must be F32 [n_embd_head_k, n_head_kv]", path, name);
             goto fail;
         }
         const float * x = (const float *) t->data;
         for (int64_t j = 0; j < ggml_nelements(t); ++j) {
             if (!isfinite(x[j])) {
-                tq_k_means_err(err, err_size, "%s: tensor '%s' holds a non-finite value at %lld", path, name,
-                               (long long) j);
+                tq_calib_err(err, err_size, "%s: tensor '%s' holds a non-finite value at %lld", path, name,
+                         (long long) j);
                 goto fail;
             }
         }

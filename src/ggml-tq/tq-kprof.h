@@ -1,15 +1,16 @@
-// llama-tq: CPU reference of a candidate K block format, "kprof": a table of bit profiles (docs/formats.md,
-// "Candidate: K by bit profiles"; measured offline in benchmarks/k_profiles.py and docs/results.md).
+// llama-tq: CPU reference of the K block format "kprof": a table of bit profiles (docs/formats.md, "K by bit
+// profiles"; measured offline in benchmarks/k_profiles.py and docs/results.md). The cache types ktqp2 / ktqp3
+// use it with block_bits = 64 * b + 16.
 //
-// Not a cache type yet. The keys it codes are in the model's own basis (no Hadamard rotation) with every RoPE
-// pair scaled by the calibrated folding factor, so plain squared error is the logit error. A table of
+// The keys it codes are in the model's own basis (no Hadamard rotation) with every RoPE pair scaled by the calibrated folding factor, so plain squared error is the logit error. A table of
 // n_profiles profiles gives, per coordinate, a bit count (0..TQ_KPROF_MAX_BITS) and a scale; one shape
 // codebook per bit count serves every coordinate. A block of QK_TQ values stores the index of its profile
 // (index_bits = ceil(log2 n_profiles)) then each coordinate's code, as one little-endian bit stream (bit i of
 // the stream is bit i%8 of byte i/8). The encoder tries every profile and keeps the one with the least squared
 // error (the lowest index on a tie); x̂_j = scale[p][j] * levels[b][code_j], and 0 where b = 0.
 //
-// Plain C11, libc + libm only; the table is the caller's (no global state).
+// Plain C11, libc + libm only. The tq_kprof_* block functions take the caller's table; the ktqp types read
+// the process-wide table of their width (tq_kprof_active), which llama sets from LLAMA_TQ_K_PROFILES.
 #pragma once
 
 #include <stdbool.h>
@@ -33,6 +34,10 @@ typedef struct {
     float    scale[TQ_KPROF_MAX_PROFILES][QK_TQ];
     float    levels[TQ_KPROF_MAX_BITS + 1][1 << TQ_KPROF_MAX_BITS];      // levels[b][0 .. 2^b)
     float    thresholds[TQ_KPROF_MAX_BITS + 1][1 << TQ_KPROF_MAX_BITS];  // midpoints, [b][0 .. 2^b - 1)
+    // derived by tq_kprof_init: each profile's coordinates with b > 0 in order, and where their codes start
+    uint8_t  n_active[TQ_KPROF_MAX_PROFILES];
+    uint8_t  active[TQ_KPROF_MAX_PROFILES][QK_TQ];
+    uint16_t code_pos[TQ_KPROF_MAX_PROFILES][QK_TQ];                  // bit position in the stream
 } tq_kprof_table;
 
 // Fills t from bits [n_profiles * QK_TQ], scale [n_profiles * QK_TQ] and levels [TQ_KPROF_N_LEVELS] (the
@@ -55,6 +60,25 @@ float tq_kprof_dot_block(const tq_kprof_table * t, const uint8_t * block, const 
 
 // The profile index stored in a block.
 int32_t tq_kprof_block_profile(const tq_kprof_table * t, const uint8_t * block);
+
+// ---- the tables of the ktqp cache types -------------------------------------------------------------------
+// width 2 or 3. Until a table is set, the built-in one: TQ_KPROF_DEFAULT_PROFILES profiles of width bits on
+// every coordinate with the unit-Gaussian Lloyd-Max levels, at scales TQ_KPROF_DEFAULT_SCALE0 * 2^(p/2) (a
+// per-block scale choice in disguise; what test-backend-ops and the codecs see without a calibration).
+#define TQ_KPROF_DEFAULT_PROFILES 16
+#define TQ_KPROF_DEFAULT_SCALE0   (1.0f / 64.0f)
+
+const tq_kprof_table * tq_kprof_active(int width);
+const char *           tq_kprof_active_source(int width);  // "built-in" or what tq_kprof_set_active named
+
+// Copies t as the table of ktqp<width> (NULL: back to the built-in one). Returns false, with a message on
+// stderr, if the width is not 2 or 3 or t's blocks are not 64 * width + 16 bits. Not thread-safe: call it
+// before any graph that reads or writes a ktqp tensor runs (llama does, at context creation).
+bool tq_kprof_set_active(int width, const tq_kprof_table * t, const char * source);
+
+// The unit-Gaussian Lloyd-Max levels for 1 .. TQ_KPROF_MAX_BITS bits, TQ_KPROF_N_LEVELS floats in
+// tq_kprof_init's order (the built-in table's shape codebooks).
+void tq_kprof_gaussian_levels(float * levels);
 
 #ifdef __cplusplus
 }

@@ -4,6 +4,8 @@
 //   vtqb_1       V cache: the same scalar codebook layout with the vtqb_1 levels
 //   vtqb_2       V cache: tail-biting bitshift trellis, k = b bits/sample, L = k + 6 state bits (default V)
 //   vtqb_3       V cache: vtqb_2 plus TQ_OUTLIERS exact fp16 outlier slots per block
+//   ktqp2/3      K cache by bit profiles (tq-kprof.h): keys folded by per-pair query energy, no rotation, a
+//                calibrated table of profiles shared by all blocks (LLAMA_TQ_K_PROFILES)
 //
 // Plain C11, libc + libm only. The functions have ggml's signatures so that ggml's type_traits
 // (to_float, from_float_ref, vec_dot) and ggml_quantize_chunk can point at them directly; scales are
@@ -19,7 +21,7 @@
 extern "C" {
 #endif
 
-#define QK_TQ       64  // elements per block (all 12 types)
+#define QK_TQ       64  // elements per block (all 14 types)
 #define TQ_OUTLIERS 2   // outlier slots per vtqb_3 block
 
 #ifdef __cplusplus
@@ -43,7 +45,9 @@ enum tq_type {
     TQ_TYPE_VTQ2_3 = 9,
     TQ_TYPE_VTQ3_3 = 10,
     TQ_TYPE_VTQ4_3 = 11,
-    TQ_TYPE_COUNT  = 12,
+    TQ_TYPE_KTQP2  = 12,
+    TQ_TYPE_KTQP3  = 13,
+    TQ_TYPE_COUNT  = 14,
 };
 
 // ---- blocks ---------------------------------------------------------------------------------------
@@ -84,6 +88,11 @@ typedef struct {
     uint8_t  qs[QK_TQ * 4 / 8];
 } block_vtq4_3;                                                          // 40 B, 5.00 bit/elem
 
+// ktqp: one bit stream of QK_TQ*b + 16 bits: the profile index, then each coordinate's code (tq-kprof.h); the
+// same size as ktqb so that the two compare at equal bits
+typedef struct { uint8_t qs[2 + QK_TQ * 2 / 8]; } block_ktqp2;          // 18 B, 2.25 bit/elem
+typedef struct { uint8_t qs[2 + QK_TQ * 3 / 8]; } block_ktqp3;          // 26 B, 3.25 bit/elem
+
 TQ_STATIC_ASSERT(sizeof(block_ktq2)   == 2 + QK_TQ * 2 / 8, "wrong ktq2 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_ktq3)   == 2 + QK_TQ * 3 / 8, "wrong ktq3 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_ktq4)   == 2 + QK_TQ * 4 / 8, "wrong ktq4 block size/padding");
@@ -96,6 +105,8 @@ TQ_STATIC_ASSERT(sizeof(block_vtq4_2) == 2 + QK_TQ * 4 / 8, "wrong vtq4_2 block 
 TQ_STATIC_ASSERT(sizeof(block_vtq2_3) == 2 + 3 * TQ_OUTLIERS + QK_TQ * 2 / 8, "wrong vtq2_3 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_vtq3_3) == 2 + 3 * TQ_OUTLIERS + QK_TQ * 3 / 8, "wrong vtq3_3 block size/padding");
 TQ_STATIC_ASSERT(sizeof(block_vtq4_3) == 2 + 3 * TQ_OUTLIERS + QK_TQ * 4 / 8, "wrong vtq4_3 block size/padding");
+TQ_STATIC_ASSERT(sizeof(block_ktqp2)  == 2 + QK_TQ * 2 / 8, "wrong ktqp2 block size/padding");
+TQ_STATIC_ASSERT(sizeof(block_ktqp3)  == 2 + QK_TQ * 3 / 8, "wrong ktqp3 block size/padding");
 
 // ---- fp16 <-> fp32, bit-exact IEEE round-to-nearest-even (same algorithm as ggml's) ---------------
 
@@ -159,7 +170,8 @@ static inline uint16_t tq_fp32_to_fp16(float f) {
 // calls it lazily, the ggml hook should call it from ggml_quantize_init / backend init.
 void tq_init(void);
 
-const float * tq_levels(int type);          // decode table of a type: 2^b levels (scalar) or 2^(b+6) (trellis)
+const float * tq_levels(int type);          // decode table of a type: 2^b levels (scalar) or 2^(b+6) (trellis);
+                                            // NULL for ktqp (its table: tq_kprof_active)
 const float * tq_trellis_table(int k);      // k = 2, 3, 4: 2^(k+6) floats
 const char *  tq_codebook_hash(void);       // FNV-1a-64 hash (16 hex digits) of the active codebook
 const char *  tq_codebook_source(void);     // "built-in" or the path of the loaded file
@@ -167,14 +179,15 @@ const char *  tq_simd(void);                // Viterbi variant in use: "avx2", "
 
 // ---- type properties ------------------------------------------------------------------------------
 
-const char * tq_type_name(int type);        // "ktq2", ..., "vtq2_1", ..., "vtq4_3"; NULL if out of range
+const char * tq_type_name(int type);        // "ktq2", ..., "vtq2_1", ..., "vtq4_3", "ktqp2", "ktqp3"; NULL if out of range
 size_t       tq_type_size(int type);        // bytes per block
 int          tq_type_bits(int type);        // b (bits per code / per trellis sample)
 bool         tq_type_is_trellis(int type);  // vtqb_2, vtqb_3
 size_t       tq_row_size(int type, int64_t n_per_row);
 
 // Checks a row of blocks: nbytes is a whole number of blocks, every fp16 scale (and outlier value)
-// is finite, outlier positions < 64. Prints the first problem to stderr (like ggml_validate_row_data).
+// is finite, outlier positions < 64; a ktqp block's profile index is in its table. Prints the first
+// problem to stderr (like ggml_validate_row_data).
 bool tq_validate_row(int type, const void * data, size_t nbytes);
 
 // Generic entry points (type = enum tq_type). k / n_per_row must be multiples of QK_TQ (else abort).
@@ -213,6 +226,8 @@ void quantize_row_vtq4_2_ref(const float * x, void * y, int64_t k);
 void quantize_row_vtq2_3_ref(const float * x, void * y, int64_t k);
 void quantize_row_vtq3_3_ref(const float * x, void * y, int64_t k);
 void quantize_row_vtq4_3_ref(const float * x, void * y, int64_t k);
+void quantize_row_ktqp2_ref(const float * x, void * y, int64_t k);
+void quantize_row_ktqp3_ref(const float * x, void * y, int64_t k);
 
 void dequantize_row_ktq2(const void * x, float * y, int64_t k);
 void dequantize_row_ktq3(const void * x, float * y, int64_t k);
@@ -226,6 +241,8 @@ void dequantize_row_vtq4_2(const void * x, float * y, int64_t k);
 void dequantize_row_vtq2_3(const void * x, float * y, int64_t k);
 void dequantize_row_vtq3_3(const void * x, float * y, int64_t k);
 void dequantize_row_vtq4_3(const void * x, float * y, int64_t k);
+void dequantize_row_ktqp2(const void * x, float * y, int64_t k);
+void dequantize_row_ktqp3(const void * x, float * y, int64_t k);
 
 // imatrix is accepted and ignored. Returns nrows * row size in bytes.
 size_t quantize_ktq2(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
@@ -240,12 +257,16 @@ size_t quantize_vtq4_2(const float * src, void * dst, int64_t nrows, int64_t n_p
 size_t quantize_vtq2_3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t quantize_vtq3_3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 size_t quantize_vtq4_3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+size_t quantize_ktqp2(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
+size_t quantize_ktqp3(const float * src, void * dst, int64_t nrows, int64_t n_per_row, const float * imatrix);
 
 // K-side dot products, vec_dot_type = GGML_TYPE_F32: *s = sum_j x̂_j * y_j over n elements, computed as
 // d * sum q_j * level[code_j] per block (K is never dequantized to a buffer). nrc must be 1.
 void ggml_vec_dot_ktq2_f32(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void ggml_vec_dot_ktq3_f32(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 void ggml_vec_dot_ktq4_f32(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+void ggml_vec_dot_ktqp2_f32(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
+void ggml_vec_dot_ktqp3_f32(int n, float * s, size_t bs, const void * vx, size_t bx, const void * vy, size_t by, int nrc);
 
 #ifdef __cplusplus
 }

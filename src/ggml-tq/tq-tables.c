@@ -2,6 +2,7 @@
 // and the generic per-type dispatch.
 
 #include "tq-impl.h"
+#include "tq-kprof.h"
 
 #include "tq-codebooks-default.h"
 
@@ -73,6 +74,7 @@ static void tq_do_init(void) {
     }
     tq_finish_tables(t);
     tq_trellis_init_dispatch();
+    tq_kprof_init_defaults();
 }
 
 // 0 = not started, 1 = running, 2 = done
@@ -124,7 +126,7 @@ const float * tq_levels(int type) {
     if (type >= TQ_TYPE_KTQ2 && type <= TQ_TYPE_VTQ4_1) {
         return tq_g_tables.levels[type];
     }
-    if (type >= TQ_TYPE_VTQ2_2 && type < TQ_TYPE_COUNT) {
+    if (type >= TQ_TYPE_VTQ2_2 && type <= TQ_TYPE_VTQ4_3) {
         return tq_g_tables.trellis[(type - TQ_TYPE_VTQ2_2) % 3];
     }
     return NULL;
@@ -144,6 +146,7 @@ const char * tq_codebook_source(void) {
 
 static const char * const tq_names[TQ_TYPE_COUNT] = {
     "ktq2", "ktq3", "ktq4", "vtq2_1", "vtq3_1", "vtq4_1", "vtq2_2", "vtq3_2", "vtq4_2", "vtq2_3", "vtq3_3", "vtq4_3",
+    "ktqp2", "ktqp3",
 };
 
 const char * tq_type_name(int type) {
@@ -151,15 +154,18 @@ const char * tq_type_name(int type) {
 }
 
 int tq_type_bits(int type) {
+    if (type >= TQ_TYPE_KTQP2 && type < TQ_TYPE_COUNT) {
+        return 2 + (type - TQ_TYPE_KTQP2);
+    }
     return type >= 0 && type < TQ_TYPE_COUNT ? 2 + type % 3 : 0;
 }
 
 bool tq_type_is_trellis(int type) {
-    return type >= TQ_TYPE_VTQ2_2 && type < TQ_TYPE_COUNT;
+    return type >= TQ_TYPE_VTQ2_2 && type <= TQ_TYPE_VTQ4_3;
 }
 
 static int tq_type_outliers(int type) {
-    return type >= TQ_TYPE_VTQ2_3 && type < TQ_TYPE_COUNT ? TQ_OUTLIERS : 0;
+    return type >= TQ_TYPE_VTQ2_3 && type <= TQ_TYPE_VTQ4_3 ? TQ_OUTLIERS : 0;
 }
 
 size_t tq_type_size(int type) {
@@ -190,6 +196,19 @@ bool tq_validate_row(int type, const void * data, size_t nbytes) {
     }
     const int       n_out = tq_type_outliers(type);
     const uint8_t * p     = (const uint8_t *) data;
+    if (type >= TQ_TYPE_KTQP2) {  // no scale; the profile index must name a profile of the table
+        const tq_kprof_table * t = tq_kprof_active(tq_type_bits(type));
+        for (size_t i = 0; i < nbytes / bs; ++i) {
+            const uint8_t * blk = p + i * bs;
+            const unsigned  idx = ((unsigned) blk[0] | (unsigned) blk[1] << 8) & ((1u << t->index_bits) - 1u);
+            if ((int32_t) idx >= t->n_profiles) {
+                fprintf(stderr, "tq_validate_row: profile %u at block %zu, the %s table has %d (%s)\n", idx, i,
+                        tq_names[type], t->n_profiles, tq_kprof_active_source(tq_type_bits(type)));
+                return false;
+            }
+        }
+        return true;
+    }
     for (size_t i = 0; i < nbytes / bs; ++i) {
         const uint8_t * blk = p + i * bs;
         uint16_t        d;
@@ -226,6 +245,7 @@ static const tq_from_float_fn tq_from_float_fns[TQ_TYPE_COUNT] = {
     quantize_row_vtq2_1_ref, quantize_row_vtq3_1_ref, quantize_row_vtq4_1_ref,
     quantize_row_vtq2_2_ref, quantize_row_vtq3_2_ref, quantize_row_vtq4_2_ref,
     quantize_row_vtq2_3_ref, quantize_row_vtq3_3_ref, quantize_row_vtq4_3_ref,
+    quantize_row_ktqp2_ref,  quantize_row_ktqp3_ref,
 };
 
 static const tq_to_float_fn tq_to_float_fns[TQ_TYPE_COUNT] = {
@@ -233,11 +253,13 @@ static const tq_to_float_fn tq_to_float_fns[TQ_TYPE_COUNT] = {
     dequantize_row_vtq2_1, dequantize_row_vtq3_1, dequantize_row_vtq4_1,
     dequantize_row_vtq2_2, dequantize_row_vtq3_2, dequantize_row_vtq4_2,
     dequantize_row_vtq2_3, dequantize_row_vtq3_3, dequantize_row_vtq4_3,
+    dequantize_row_ktqp2,  dequantize_row_ktqp3,
 };
 
 static const tq_quantize_fn tq_quantize_fns[TQ_TYPE_COUNT] = {
     quantize_ktq2,   quantize_ktq3,   quantize_ktq4,   quantize_vtq2_1, quantize_vtq3_1, quantize_vtq4_1,
     quantize_vtq2_2, quantize_vtq3_2, quantize_vtq4_2, quantize_vtq2_3, quantize_vtq3_3, quantize_vtq4_3,
+    quantize_ktqp2,  quantize_ktqp3,
 };
 
 #define TQ_CHECK_TYPE(type)                                              \

@@ -14,6 +14,7 @@
 #include "llama.h"
 #include "tq-ggml.h"
 #include "tq-k-means.h"
+#include "tq-kprof.h"
 #include "tq-layer-types.h"
 
 #include <algorithm>
@@ -109,7 +110,7 @@ const std::vector<ggml_type> & cache_types() {
             GGML_TYPE_F32,  GGML_TYPE_F16,    GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
             GGML_TYPE_Q4_1, GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1,
         };
-        for (int tq = TQ_GGML_FIRST; tq <= TQ_GGML_LAST; ++tq) {
+        for (int tq = TQ_GGML_FIRST; tq <= GGML_TYPE_KTQP3; ++tq) {
             t.push_back((ggml_type) tq);
         }
         return t;
@@ -760,6 +761,18 @@ PYBIND11_MODULE(_core, m) {
           "ggml's CPU dot product of every quantized row with the float vector y");
     m.def("layer_types", &layer_types, py::arg("spec"), py::arg("n_layer"),
           "The cache type of every layer under a LLAMA_TQ_K_LAYERS / LLAMA_TQ_V_LAYERS rule string (None: not named)");
+    m.def("kprof_source", [](int width) {
+        const char * src = tq_kprof_active_source(width);
+        if (!src) {
+            throw py::value_error("ktqp widths are 2 and 3");
+        }
+        return std::string(src);
+    }, py::arg("width"), "Where the active ktqp<width> table came from: 'built-in' or a LLAMA_TQ_K_PROFILES path");
+    m.def("kprof_use_builtin", [](int width) {
+        if (!tq_kprof_set_active(width, nullptr, nullptr)) {
+            throw py::value_error("ktqp widths are 2 and 3");
+        }
+    }, py::arg("width"), "Make ktqp<width> use its built-in table again (a context with LLAMA_TQ_K_PROFILES set it)");
     m.def("type_info", &type_info, py::arg("type"), "Block size, bytes per block and bits per element of a type");
     m.def("rope_position_mean", &rope_position_mean, py::arg("mu"), py::arg("n_rot"), py::arg("neox"),
           py::arg("freq_base"), py::arg("freq_scale"), py::arg("n_pos"),

@@ -28,10 +28,11 @@ CC = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or "cc"
 CFLAGS = ["-O2", "-std=c11", "-fPIC", "-Wall", "-Wextra", "-Wpedantic"]
 
 
-# the KV-cache formats are plain C; tq-grad.c (fine-tuning backward passes) and tq-k-means.c (K centering, reads
-# GGUF) are built on ggml and tested through test-backend-ops (tests/finetune/test_grad_ops.py) and _core
-# (tests/kvtypes/test_k_centering.py) instead
-NEEDS_GGML = {"tq-grad.c", "tq-k-means.c", "tq-layer-types.c"}
+# the KV-cache formats are plain C; tq-grad.c (fine-tuning backward passes) and the calibration files
+# (tq-k-means.c, tq-k-profiles.c, tq-calib-file.c: they read GGUF) are built on ggml and tested through
+# test-backend-ops (tests/finetune/test_grad_ops.py) and _core (tests/kvtypes/test_k_centering.py,
+# test_ktqp.py) instead
+NEEDS_GGML = {"tq-grad.c", "tq-k-means.c", "tq-layer-types.c", "tq-k-profiles.c", "tq-calib-file.c"}
 
 
 def c_sources() -> list[Path]:

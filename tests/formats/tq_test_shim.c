@@ -33,6 +33,8 @@ size_t tq_test_sizeof(int type) {
         case TQ_TYPE_VTQ2_3: return sizeof(block_vtq2_3);
         case TQ_TYPE_VTQ3_3: return sizeof(block_vtq3_3);
         case TQ_TYPE_VTQ4_3: return sizeof(block_vtq4_3);
+        case TQ_TYPE_KTQP2:  return sizeof(block_ktqp2);
+        case TQ_TYPE_KTQP3:  return sizeof(block_ktqp3);
         default:             return 0;
     }
 }

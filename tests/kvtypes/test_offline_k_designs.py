@@ -121,7 +121,7 @@ def test_folding_makes_the_queries_weigh_every_pair_alike() -> None:
 
 def test_a_profile_table_keeps_the_best_profile_of_each_row() -> None:
     rng = np.random.default_rng(2)
-    levels, _ = kp.shape_levels(rng.standard_normal(4000))
+    levels, _ = kp.fit_levels(rng.standard_normal(4000), max_iter=300)
     bits = rng.integers(0, kp.MAX_BITS + 1, (5, 64))
     table = kp.ProfileTable(bits, rng.uniform(0.2, 3.0, (5, 64)), levels)
     y = rng.standard_normal((200, 64)) * rng.uniform(0.1, 3.0, 64)

@@ -155,6 +155,7 @@ def test_cli_table_plot_and_errors(model_path, tmp_path, capsys):
         ([str(tmp_path / "missing.gguf")], "no such file"),
         ([model_path, "--pairs", "f16/q3_k"], "valid types: f32, f16"),
         ([model_path, "--pairs", "vtq2/vtq2"], "V-cache type"),
+        ([model_path, "--pairs", "ktqp2/ktqp2"], "ktqp2 is a K-cache type"),
         ([model_path, "--vram", "lots"], "cannot read the size"),
     ):
         assert fit.main(argv) == 2

@@ -2,7 +2,8 @@
 
 Subcommands: ``theory`` (Lloyd-Max on an analytic source), ``trellis`` (train/evaluate vtq_2 trellis
 tables), ``from-samples`` (fit codebooks to K/V samples from an .npz), ``k-means`` (per-layer K means for
-K centering, ``LLAMA_TQ_K_MEANS``), ``show`` (verify and summarise a
+K centering, ``LLAMA_TQ_K_MEANS``), ``k-profiles`` (query folding and profile tables of the ktqp K caches,
+``LLAMA_TQ_K_PROFILES``), ``show`` (verify and summarise a
 codebook file), ``header`` (codebook file -> C header), ``default`` (regenerate the compiled-in default
 codebook file and header).
 
@@ -323,6 +324,43 @@ def _cmd_k_means(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_k_profiles(args: argparse.Namespace) -> int:
+    from .. import _core
+    from .k_means import ENV as K_MEANS_ENV
+    from .k_means import env_without, model_rope
+    from .k_profiles import ENV, fit_k_profiles, write_k_profiles
+    from .model_samples import collect_model_samples
+
+    _check_output(args.output, ".gguf")
+    try:
+        model = _core.Model(args.model)
+    except (ValueError, RuntimeError) as e:
+        raise CalibrationError(str(e)) from e
+    arch, rope_params = model_rope(model)
+    if rope_params is None:
+        raise CalibrationError(f"{arch}: a model without RoPE (ktqp folds RoPE pairs)")
+    n_head, n_head_kv = int(model.info["n_head"]), int(model.info["n_head_kv"])
+    try:
+        with env_without(K_MEANS_ENV), env_without(ENV):
+            rows = collect_model_samples(args.model, args.text, n_ctx=args.ctx_size, n_chunks=args.chunks,
+                                         n_threads=args.threads, progress=args.progress, model=model,
+                                         cache_types=("f16", "f16"), queries=True)
+    except RuntimeError as e:
+        raise CalibrationError(str(e)) from e
+    widths = tuple(sorted(set(args.widths)))
+    kp = fit_k_profiles(rows, n_head, n_head_kv, rope_params, widths, n_profiles=args.profiles, seed=args.seed)
+    n_tokens = next(a.shape[0] for k, a in rows.items() if k.startswith("k."))
+    write_k_profiles(args.output, arch, kp, source=Path(args.model).name, n_tokens=n_tokens)
+    print(f"{args.model} ({arch}): query folding of {len(kp.folds)} layers from {n_tokens} tokens -> {args.output}")
+    print("width  profiles  index bits  bits per coordinate: min  mean  max")
+    for w, t in sorted(kp.tables.items()):
+        b = t.bits
+        print(f"{w:5d}  {len(b):8d}  {t.index_bits:10d}  {b.min():28d}  {b.mean():4.2f}  {b.max():3d}")
+    widest = "ktqp3" if 3 in kp.tables else "ktqp2"
+    print(f"use: {ENV}={args.output} llama-cli -m {args.model} -ctk {widest} -ctv vtq2 ...")
+    return 0
+
+
 def _gaussian_mse(n: int) -> float:
     return lloyd_max(Gaussian(), n).mse
 
@@ -573,6 +611,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_run_args(p, default_ctx=2048)
     p.add_argument("-o", "--output", metavar="FILE.gguf", required=True)
     p.set_defaults(func=_cmd_k_means)
+
+    p = sub.add_parser(
+        "k-profiles",
+        help="query folding and profile tables of the ktqp K caches (LLAMA_TQ_K_PROFILES), from a model run",
+        description="Run a GGUF model on a text with an f16 cache, measure its queries' energy per RoPE pair and "
+        "the keys it writes, and write the GGUF that LLAMA_TQ_K_PROFILES=FILE hands to every llama.cpp tool for "
+        "-ctk ktqp2 / ktqp3: the per-layer folding factors and one table of bit profiles per width.",
+    )
+    _add_model_run_args(p, default_ctx=512)
+    p.add_argument("-o", "--output", metavar="FILE.gguf", required=True)
+    p.add_argument("--widths", type=_int_in(2, 3, "--widths"), nargs="+", default=[2, 3], metavar="B",
+                   help="ktqp widths to fit (default 2 3)")
+    p.add_argument("--profiles", type=_int_in(0, 1024, "--profiles"), default=0,
+                   help="profiles per table (0: one per layer, KV head and 64-value block, at most 1024)")
+    p.add_argument("--seed", type=_nonneg_int("--seed"), default=0)
+    p.set_defaults(func=_cmd_k_profiles)
 
     p = sub.add_parser(
         "show",

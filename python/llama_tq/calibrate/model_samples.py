@@ -33,9 +33,13 @@ def collect_model_samples(
     n_threads: int = 0,
     progress: bool = True,
     model: object | None = None,
+    cache_types: tuple[str, str] = ("ktq4", "vtq4"),
+    queries: bool = False,
 ) -> dict[str, NDArray[np.float32]]:
     """Rows keyed ``k.<layer>`` / ``v.<layer>`` (float32 [n_tokens, n_embd_gqa]) from ``n_chunks``
-    windows of ``n_ctx`` tokens of the text."""
+    windows of ``n_ctx`` tokens of the text, as a cache of ``cache_types`` receives them (f16: the model's own
+    basis; a quantized type: after upstream's rotation); with ``queries``, also ``q.<layer>`` [n_tokens,
+    n_embd], the queries attention reads."""
     from .. import _core
 
     try:
@@ -50,17 +54,17 @@ def collect_model_samples(
     tokens = model.tokenize(text)
     if len(tokens) < n_ctx:
         raise CalibrationError(f"{text_path} has {len(tokens)} tokens, fewer than one window of {n_ctx}")
-    ctx = _core.Context(model, n_ctx=n_ctx, n_batch=n_ctx, type_k="ktq4", type_v="vtq4", flash_attn=True,
-                        n_threads=n_threads, collect_kv=True)
+    ctx = _core.Context(model, n_ctx=n_ctx, n_batch=n_ctx, type_k=cache_types[0], type_v=cache_types[1],
+                        flash_attn=True, n_threads=n_threads, collect_kv=True)
     windows = list(_chunks(tokens, n_ctx, n_chunks))
     parts: dict[str, list[np.ndarray]] = {}
     from tqdm import tqdm
 
     for window in tqdm(windows, desc="collecting K/V rows", unit="window", disable=not progress):
         ctx.reset()
-        for key, rows in ctx.collect_kv(window).items():
+        for key, rows in ctx.collect_kv(window, queries).items():
             parts.setdefault(key, []).append(rows)
-    samples = {key: np.concatenate(arrays) for key, arrays in parts.items() if key[0] in "kv"}
+    samples = {key: np.concatenate(arrays) for key, arrays in parts.items() if key[0] in ("kvq" if queries else "kv")}
     if not samples:
         raise CalibrationError(f"{model_path}: no K/V cache writes observed (a model without attention?)")
     return samples
