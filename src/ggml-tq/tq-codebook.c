@@ -265,13 +265,7 @@ TQ_CB_TYPE(vtq4_1, 5, 4)
 #define TQ_CB_VEC_DOT(name, cb, b)                                                                      \
     void ggml_vec_dot_##name##_f32(int n, float * s, size_t bs, const void * vx, size_t bx,             \
                                    const void * vy, size_t by, int nrc) {                               \
-        (void) bs;                                                                                      \
-        (void) bx;                                                                                      \
-        (void) by;                                                                                      \
-        if (nrc != 1) {                                                                                 \
-            TQ_ABORT("%s: nrc = %d, only 1 is supported", __func__, nrc);                               \
-        }                                                                                               \
-        TQ_CHECK_ROW(n);                                                                                \
+        TQ_VEC_DOT_PROLOGUE(n, bs, bx, by, nrc);                                                        \
         tq_ensure_init();                                                                               \
         tq_cb_vec_dot(cb, b, n, s, vx, (const float *) vy);                                             \
     }

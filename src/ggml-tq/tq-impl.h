@@ -31,6 +31,18 @@
         }                                                                                        \
     } while (0)
 
+// The start of every K-side ggml_vec_dot_*_f32: ggml's unused strides, one row at a time, whole blocks.
+#define TQ_VEC_DOT_PROLOGUE(n, bs, bx, by, nrc)                                 \
+    do {                                                                          \
+        (void) (bs);                                                              \
+        (void) (bx);                                                              \
+        (void) (by);                                                              \
+        if ((nrc) != 1) {                                                         \
+            TQ_ABORT("%s: nrc = %d, only 1 is supported", __func__, (int) (nrc)); \
+        }                                                                         \
+        TQ_CHECK_ROW(n);                                                          \
+    } while (0)
+
 // Active tables, filled once by tq_init() (tq-tables.c).
 struct tq_tables {
     // scalar codebooks, index: b - 2 (ktq) / 3 + b - 2 (vtqb_1)

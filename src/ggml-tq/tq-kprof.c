@@ -368,13 +368,7 @@ static void kprof_quantize_row(const tq_kprof_table * t, const float * x, uint8_
     }                                                                                                     \
     void ggml_vec_dot_##name##_f32(int n, float * s, size_t bs, const void * vx, size_t bx,               \
                                    const void * vy, size_t by, int nrc) {                                 \
-        (void) bs;                                                                                        \
-        (void) bx;                                                                                        \
-        (void) by;                                                                                        \
-        if (nrc != 1) {                                                                                   \
-            TQ_ABORT("%s: nrc = %d, only 1 is supported", __func__, nrc);                                 \
-        }                                                                                                 \
-        TQ_CHECK_ROW(n);                                                                                  \
+        TQ_VEC_DOT_PROLOGUE(n, bs, bx, by, nrc);                                                          \
         const tq_kprof_table * t   = tq_kprof_active(width);                                              \
         const float *          q   = (const float *) vy;                                                  \
         float                  sum = 0.0f;                                                                \

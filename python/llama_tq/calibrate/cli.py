@@ -292,9 +292,14 @@ def _cmd_from_model(args: argparse.Namespace) -> int:
     return _cmd_from_samples(args)
 
 
-def _cmd_k_means(args: argparse.Namespace) -> int:
+def _model_run(args: argparse.Namespace, unset: Sequence[str], **collect: object
+               ) -> tuple[object, dict[str, np.ndarray]]:
+    """(model, rows) of a model run on a text (k-means, k-profiles), with the variables in `unset` unset (the run
+    must see the cache as it is), and llama.cpp's refusals as CalibrationError."""
+    import contextlib
+
     from .. import _core
-    from .k_means import ENV, env_without, estimate_means, model_rope, position_mean, write_means
+    from .k_means import env_without
     from .model_samples import collect_model_samples
 
     _check_output(args.output, ".gguf")
@@ -302,14 +307,23 @@ def _cmd_k_means(args: argparse.Namespace) -> int:
         model = _core.Model(args.model)
     except (ValueError, RuntimeError) as e:
         raise CalibrationError(str(e)) from e
-    arch, rope_params = model_rope(model)
-    n_head_kv = int(model.info["n_head_kv"])
     try:
-        with env_without(ENV):
+        with contextlib.ExitStack() as stack:
+            for name in unset:
+                stack.enter_context(env_without(name))
             rows = collect_model_samples(args.model, args.text, n_ctx=args.ctx_size, n_chunks=args.chunks,
-                                         n_threads=args.threads, progress=args.progress, model=model)
+                                         n_threads=args.threads, progress=args.progress, model=model, **collect)
     except RuntimeError as e:  # llama.cpp refused the context (e.g. a head size the ktq caches cannot hold)
         raise CalibrationError(str(e)) from e
+    return model, rows
+
+
+def _cmd_k_means(args: argparse.Namespace) -> int:
+    from .k_means import ENV, estimate_means, model_rope, position_mean, write_means
+
+    model, rows = _model_run(args, [ENV])
+    arch, rope_params = model_rope(model)
+    n_head_kv = int(model.info["n_head_kv"])  # type: ignore[attr-defined]
     means = estimate_means(rows, args.ctx_size, n_head_kv, rope_params)
     n_tokens = next(a.shape[0] for k, a in rows.items() if k.startswith("k."))
     write_means(args.output, arch, means, source=Path(args.model).name, n_tokens=n_tokens)
@@ -325,28 +339,15 @@ def _cmd_k_means(args: argparse.Namespace) -> int:
 
 
 def _cmd_k_profiles(args: argparse.Namespace) -> int:
-    from .. import _core
     from .k_means import ENV as K_MEANS_ENV
-    from .k_means import env_without, model_rope
+    from .k_means import model_rope
     from .k_profiles import ENV, fit_k_profiles, write_k_profiles
-    from .model_samples import collect_model_samples
 
-    _check_output(args.output, ".gguf")
-    try:
-        model = _core.Model(args.model)
-    except (ValueError, RuntimeError) as e:
-        raise CalibrationError(str(e)) from e
+    model, rows = _model_run(args, [K_MEANS_ENV, ENV], cache_types=("f16", "f16"), queries=True)
     arch, rope_params = model_rope(model)
     if rope_params is None:
         raise CalibrationError(f"{arch}: a model without RoPE (ktqp folds RoPE pairs)")
-    n_head, n_head_kv = int(model.info["n_head"]), int(model.info["n_head_kv"])
-    try:
-        with env_without(K_MEANS_ENV), env_without(ENV):
-            rows = collect_model_samples(args.model, args.text, n_ctx=args.ctx_size, n_chunks=args.chunks,
-                                         n_threads=args.threads, progress=args.progress, model=model,
-                                         cache_types=("f16", "f16"), queries=True)
-    except RuntimeError as e:
-        raise CalibrationError(str(e)) from e
+    n_head, n_head_kv = int(model.info["n_head"]), int(model.info["n_head_kv"])  # type: ignore[attr-defined]
     widths = tuple(sorted(set(args.widths)))
     kp = fit_k_profiles(rows, n_head, n_head_kv, rope_params, widths, n_profiles=args.profiles, seed=args.seed)
     n_tokens = next(a.shape[0] for k, a in rows.items() if k.startswith("k."))

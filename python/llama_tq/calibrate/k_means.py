@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..atomic import fsync_dir
-from .atomic import check_writable
+from .calib_gguf import read_calib_gguf, write_calib_gguf
 from .errors import CalibrationError
 
 FILE_VERSION = 1  # TQ_K_MEANS_VERSION in tq-k-means.h
@@ -142,41 +139,11 @@ def env_without(name: str) -> Iterator[None]:
 def write_means(path: str | os.PathLike[str], arch: str, means: Mapping[int, NDArray[np.floating]],
                 source: str, n_tokens: int) -> None:
     """The k-means GGUF (format in tq-k-means.h), written atomically."""
-    import gguf
-
-    dest = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
-        w.add_uint32("llama_tq.k_means.version", FILE_VERSION)
-        w.add_string("llama_tq.k_means.source", source)
-        w.add_uint32("llama_tq.k_means.tokens", n_tokens)
-        for il in sorted(means):
-            w.add_tensor(f"k_mean.{il}", np.ascontiguousarray(means[il], dtype=np.float32))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors = {f"k_mean.{il}": np.asarray(means[il], dtype=np.float32) for il in sorted(means)}
+    write_calib_gguf(path, arch, "k_means", FILE_VERSION, source, n_tokens, tensors)
 
 
 def read_means(path: str | os.PathLike[str]) -> tuple[str, dict[int, NDArray[np.float32]]]:
     """(architecture, {layer: mean [n_head_kv, n_embd_head]}) of a k-means file."""
-    import gguf
-
-    try:
-        r = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"{path}: not a readable GGUF file ({e})") from e
-    version = r.fields.get("llama_tq.k_means.version")
-    if version is None or int(version.contents()) != FILE_VERSION:
-        raise CalibrationError(f"{path}: not a version-{FILE_VERSION} k-means file")
-    arch = str(r.fields["general.architecture"].contents())
-    means = {int(t.name.split(".")[1]): np.asarray(t.data, dtype=np.float32).reshape(
-        int(t.shape[1]), int(t.shape[0])) for t in r.tensors}
-    return arch, means
+    arch, tensors = read_calib_gguf(path, "k_means", FILE_VERSION)
+    return arch, {int(name.split(".")[1]): t.astype(np.float32) for name, t in tensors.items()}

@@ -16,16 +16,13 @@ the model's own basis) and writes the GGUF that src/ggml-tq/tq-k-profiles.h read
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..atomic import fsync_dir
-from .atomic import check_writable
+from .calib_gguf import read_calib_gguf, write_calib_gguf
 from .errors import CalibrationError
 from .k_means import RopeParams, rope
 from .lloyd_max import dequantize, lloyd_max_empirical, quantize
@@ -242,47 +239,18 @@ def fit_k_profiles(rows: Mapping[str, NDArray[np.floating]], n_head: int, n_head
 
 def write_k_profiles(path: str | os.PathLike[str], arch: str, kp: KProfiles, source: str, n_tokens: int) -> None:
     """The k-profiles GGUF (format in tq-k-profiles.h), written atomically."""
-    import gguf
-
-    dest = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
-        w = gguf.GGUFWriter(tmp, arch)
-        w.add_uint32("llama_tq.k_profiles.version", FILE_VERSION)
-        w.add_string("llama_tq.k_profiles.source", source)
-        w.add_uint32("llama_tq.k_profiles.tokens", n_tokens)
-        for il in sorted(kp.folds):
-            w.add_tensor(f"k_fold.{il}", np.ascontiguousarray(kp.folds[il], dtype=np.float32))
-        first = next(iter(kp.tables.values()))
-        w.add_tensor("kprof.levels", first.flat_levels())
-        for width, t in sorted(kp.tables.items()):
-            w.add_tensor(f"kprof{width}.bits", np.ascontiguousarray(t.bits, dtype=np.int8))
-            w.add_tensor(f"kprof{width}.scale", np.ascontiguousarray(t.scale, dtype=np.float32))
-        w.write_header_to_file()
-        w.write_kv_data_to_file()
-        w.write_tensors_to_file()
-        w.close()
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    tensors: dict[str, NDArray[np.generic]] = {f"k_fold.{il}": kp.folds[il].astype(np.float32)
+                                               for il in sorted(kp.folds)}
+    tensors["kprof.levels"] = next(iter(kp.tables.values())).flat_levels()
+    for width, t in sorted(kp.tables.items()):
+        tensors[f"kprof{width}.bits"] = t.bits.astype(np.int8)
+        tensors[f"kprof{width}.scale"] = t.scale.astype(np.float32)
+    write_calib_gguf(path, arch, "k_profiles", FILE_VERSION, source, n_tokens, tensors)
 
 
 def read_k_profiles(path: str | os.PathLike[str]) -> tuple[str, KProfiles]:
     """(architecture, factors and tables) of a k-profiles file."""
-    import gguf
-
-    try:
-        r = gguf.GGUFReader(path)
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"{path}: not a readable GGUF file ({e})") from e
-    version = r.fields.get("llama_tq.k_profiles.version")
-    if version is None or int(version.contents()) != FILE_VERSION:
-        raise CalibrationError(f"{path}: not a version-{FILE_VERSION} k-profiles file")
-    arch = str(r.fields["general.architecture"].contents())
-    t = {x.name: np.asarray(x.data).reshape([int(n) for n in reversed(x.shape)]) for x in r.tensors}
+    arch, t = read_calib_gguf(path, "k_profiles", FILE_VERSION)
     flat = t["kprof.levels"].astype(np.float64).ravel()
     levels: list[F64] = [np.zeros(1)]
     at = 0
