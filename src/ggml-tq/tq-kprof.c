@@ -97,6 +97,19 @@ bool tq_kprof_init(tq_kprof_table * t, int32_t n_profiles, int32_t block_bits, c
             }
         }
         t->n_active[p] = (uint8_t) n;
+        // expected squared error of coordinate j: scale^2 times about 4^-b (Lloyd on a unit-variance shape)
+        float key[QK_TQ];
+        for (int j = 0; j < QK_TQ; ++j) {
+            key[j] = t->scale[p][j] * t->scale[p][j] * ldexpf(1.0f, -2 * t->bits[p][j]);
+        }
+        for (int j = 0; j < QK_TQ; ++j) {  // insertion sort, descending, stable
+            int k = j;
+            while (k > 0 && key[t->eval_order[p][k - 1]] < key[j]) {
+                t->eval_order[p][k] = t->eval_order[p][k - 1];
+                k--;
+            }
+            t->eval_order[p][k] = (uint8_t) j;
+        }
     }
     return true;
 }
@@ -116,10 +129,11 @@ static unsigned kprof_code(const tq_kprof_table * t, int b, float v) {
     return lo;
 }
 
-// squared error of x under profile p, accumulated in coordinate order; stops once it exceeds bound
+// squared error of x under profile p, accumulated in eval_order; stops once it exceeds bound
 static float kprof_error(const tq_kprof_table * t, const float * xs, int32_t p, float bound) {
     float e = 0.0f;
-    for (int j = 0; j < QK_TQ && e <= bound; ++j) {
+    for (int i = 0; i < QK_TQ && e <= bound; ++i) {
+        const int j = t->eval_order[p][i];
         const int b = t->bits[p][j];
         float     d = xs[j];
         if (b) {
@@ -178,18 +192,30 @@ int32_t tq_kprof_block_profile(const tq_kprof_table * t, const uint8_t * block) 
     return p < t->n_profiles ? p : 0;
 }
 
-// the codes of a block padded with zero bytes, so that any code is one unaligned 64-bit load away
-#define TQ_KPROF_USED_BYTES ((10 + QK_TQ * TQ_KPROF_MAX_BITS + 7) / 8)  // the most an index and codes can take
-#define TQ_KPROF_PAD_BYTES  (TQ_KPROF_USED_BYTES + 8)
+// A code is one unaligned 64-bit load away: from the block itself where 8 bytes fit before its end, else from a
+// zero-padded copy of its last bytes (never a read past the block).
+typedef struct {
+    const uint8_t * block;
+    int             n;        // bytes of the block that hold the index and codes (at most 50)
+    uint8_t         tail[16]; // the block's last min(n, 8) bytes, then zeros
+    int             tail_at;  // the byte offset of tail[0]
+} kprof_reader;
 
-static size_t kprof_used_bytes(const tq_kprof_table * t) {
-    const size_t n = (size_t) t->block_bits / 8;
-    return n < TQ_KPROF_USED_BYTES ? n : TQ_KPROF_USED_BYTES;
+#define TQ_KPROF_USED_BYTES ((10 + QK_TQ * TQ_KPROF_MAX_BITS + 7) / 8)  // the most an index and codes can take
+
+static void kprof_reader_init(kprof_reader * r, const tq_kprof_table * t, const uint8_t * block) {
+    const int n = t->block_bits / 8 < TQ_KPROF_USED_BYTES ? t->block_bits / 8 : TQ_KPROF_USED_BYTES;
+    r->block    = block;
+    r->n        = n;
+    r->tail_at  = n > 8 ? n - 8 : 0;
+    memset(r->tail, 0, sizeof(r->tail));
+    memcpy(r->tail, block + r->tail_at, (size_t) (n - r->tail_at));
 }
 
-static inline unsigned kprof_code_at(const uint8_t * padded, int pos, int b) {
-    uint64_t w;
-    memcpy(&w, padded + (pos >> 3), sizeof(w));
+static inline unsigned kprof_code_at(const kprof_reader * r, int pos, int b) {
+    const int off = pos >> 3;
+    uint64_t  w;
+    memcpy(&w, off + 8 <= r->n ? r->block + off : r->tail + (off - r->tail_at), sizeof(w));
     // little-endian bit stream: byte i holds stream bits 8i .. 8i+7
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
     w = __builtin_bswap64(w);
@@ -198,26 +224,26 @@ static inline unsigned kprof_code_at(const uint8_t * padded, int pos, int b) {
 }
 
 void tq_kprof_dequantize_block(const tq_kprof_table * t, const uint8_t * block, float * y) {
-    uint8_t padded[TQ_KPROF_PAD_BYTES] = { 0 };
-    memcpy(padded, block, kprof_used_bytes(t));
+    kprof_reader r;
+    kprof_reader_init(&r, t, block);
     const int32_t p = tq_kprof_block_profile(t, block);
     memset(y, 0, QK_TQ * sizeof(float));
     for (int k = 0; k < t->n_active[p]; ++k) {
         const int j = t->active[p][k];
         const int b = t->bits[p][j];
-        y[j]        = t->scale[p][j] * t->levels[b][kprof_code_at(padded, t->code_pos[p][k], b)];
+        y[j]        = t->scale[p][j] * t->levels[b][kprof_code_at(&r, t->code_pos[p][k], b)];
     }
 }
 
 float tq_kprof_dot_block(const tq_kprof_table * t, const uint8_t * block, const float * q) {
-    uint8_t padded[TQ_KPROF_PAD_BYTES] = { 0 };
-    memcpy(padded, block, kprof_used_bytes(t));
+    kprof_reader r;
+    kprof_reader_init(&r, t, block);
     const int32_t p   = tq_kprof_block_profile(t, block);
     float         sum = 0.0f;
     for (int k = 0; k < t->n_active[p]; ++k) {
         const int j = t->active[p][k];
         const int b = t->bits[p][j];
-        sum += q[j] * (t->scale[p][j] * t->levels[b][kprof_code_at(padded, t->code_pos[p][k], b)]);
+        sum += q[j] * (t->scale[p][j] * t->levels[b][kprof_code_at(&r, t->code_pos[p][k], b)]);
     }
     return sum;
 }

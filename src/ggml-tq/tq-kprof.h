@@ -7,7 +7,8 @@
 // codebook per bit count serves every coordinate. A block of QK_TQ values stores the index of its profile
 // (index_bits = ceil(log2 n_profiles)) then each coordinate's code, as one little-endian bit stream (bit i of
 // the stream is bit i%8 of byte i/8). The encoder tries every profile and keeps the one with the least squared
-// error (the lowest index on a tie); x̂_j = scale[p][j] * levels[b][code_j], and 0 where b = 0.
+// error (the lowest index on a tie; the sum is float32, taken in an order that lets a clearly worse profile stop
+// early); x̂_j = scale[p][j] * levels[b][code_j], and 0 where b = 0.
 //
 // Plain C11, libc + libm only. The tq_kprof_* block functions take the caller's table; the ktqp types read
 // the process-wide table of their width (tq_kprof_active), which llama sets from LLAMA_TQ_K_PROFILES.
@@ -38,6 +39,7 @@ typedef struct {
     uint8_t  n_active[TQ_KPROF_MAX_PROFILES];
     uint8_t  active[TQ_KPROF_MAX_PROFILES][QK_TQ];
     uint16_t code_pos[TQ_KPROF_MAX_PROFILES][QK_TQ];                  // bit position in the stream
+    uint8_t  eval_order[TQ_KPROF_MAX_PROFILES][QK_TQ];  // the encoder's order: largest expected error first
 } tq_kprof_table;
 
 // Fills t from bits [n_profiles * QK_TQ], scale [n_profiles * QK_TQ] and levels [TQ_KPROF_N_LEVELS] (the
