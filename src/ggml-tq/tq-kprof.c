@@ -252,6 +252,7 @@ float tq_kprof_dot_block(const tq_kprof_table * t, const uint8_t * block, const 
 
 static tq_kprof_table g_kprof[2];         // ktqp2, ktqp3
 static char           g_kprof_source[2][1024];
+static int            g_kprof_holders[2];
 
 // Lloyd-Max for the unit Gaussian: centroids of the cells between midpoints, in closed form
 static double kprof_phi(double x) {
@@ -323,10 +324,33 @@ const char * tq_kprof_active_source(int width) {
     return width >= 2 && width <= 3 ? g_kprof_source[width - 2] : NULL;
 }
 
+// the built-in table of a width, or t: is it what the width holds now?
+static bool kprof_same(int width, const tq_kprof_table * t) {
+    static tq_kprof_table builtin;
+    if (t == NULL) {
+        if (!kprof_default(width, &builtin)) {
+            TQ_ABORT("the built-in ktqp%d table is invalid", width);
+        }
+        t = &builtin;
+    }
+    return memcmp(t, &g_kprof[width - 2], sizeof(*t)) == 0;
+}
+
 bool tq_kprof_set_active(int width, const tq_kprof_table * t, const char * source) {
     tq_ensure_init();
     if (width < 2 || width > 3) {
         fprintf(stderr, "llama-tq: tq_kprof_set_active: width %d, ktqp has 2 and 3\n", width);
+        return false;
+    }
+    if (t != NULL && t->block_bits != QK_TQ * width + 16) {
+        fprintf(stderr, "llama-tq: tq_kprof_set_active: a table of %d-bit blocks, ktqp%d blocks have %d bits\n",
+                t->block_bits, width, QK_TQ * width + 16);
+        return false;
+    }
+    if (g_kprof_holders[width - 2] > 0 && !kprof_same(width, t)) {
+        fprintf(stderr, "llama-tq: ktqp%d: %d live cache(s) hold the table of %s; a different table (%s) cannot "
+                "replace it until they are freed\n", width, g_kprof_holders[width - 2], g_kprof_source[width - 2],
+                t == NULL ? "built-in" : (source ? source : "(unnamed)"));
         return false;
     }
     if (t == NULL) {
@@ -336,14 +360,27 @@ bool tq_kprof_set_active(int width, const tq_kprof_table * t, const char * sourc
         snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "built-in");
         return true;
     }
-    if (t->block_bits != QK_TQ * width + 16) {
-        fprintf(stderr, "llama-tq: tq_kprof_set_active: a table of %d-bit blocks, ktqp%d blocks have %d bits\n",
-                t->block_bits, width, QK_TQ * width + 16);
-        return false;
-    }
     g_kprof[width - 2] = *t;
     snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "%s", source ? source : "(unnamed)");
     return true;
+}
+
+bool tq_kprof_hold(int width, const tq_kprof_table * t, const char * source) {
+    if (!tq_kprof_set_active(width, t, source)) {
+        return false;
+    }
+    g_kprof_holders[width - 2]++;
+    return true;
+}
+
+void tq_kprof_release(int width) {
+    if (width >= 2 && width <= 3 && g_kprof_holders[width - 2] > 0) {
+        g_kprof_holders[width - 2]--;
+    }
+}
+
+int tq_kprof_holders(int width) {
+    return width >= 2 && width <= 3 ? g_kprof_holders[width - 2] : 0;
 }
 
 #if defined(_MSC_VER)

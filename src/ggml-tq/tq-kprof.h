@@ -74,9 +74,17 @@ const tq_kprof_table * tq_kprof_active(int width);
 const char *           tq_kprof_active_source(int width);  // "built-in" or what tq_kprof_set_active named
 
 // Copies t as the table of ktqp<width> (NULL: back to the built-in one). Returns false, with a message on
-// stderr, if the width is not 2 or 3 or t's blocks are not 64 * width + 16 bits. Not thread-safe: call it
-// before any graph that reads or writes a ktqp tensor runs (llama does, at context creation).
+// stderr, if the width is not 2 or 3, t's blocks are not 64 * width + 16 bits, or the table would change while
+// a holder uses it (below). Not thread-safe: call it before any graph that reads or writes a ktqp tensor runs
+// (llama does, at context creation).
 bool tq_kprof_set_active(int width, const tq_kprof_table * t, const char * source);
+
+// A cache that stores ktqp<width> blocks holds the table while it lives (its blocks mean nothing with another):
+// hold = tq_kprof_set_active + one more holder (false, with a message, if another holder has a different table);
+// release drops one. While any holder lives, tq_kprof_set_active with a different table is refused.
+bool tq_kprof_hold(int width, const tq_kprof_table * t, const char * source);
+void tq_kprof_release(int width);
+int  tq_kprof_holders(int width);
 
 // The unit-Gaussian Lloyd-Max levels for 1 .. TQ_KPROF_MAX_BITS bits, TQ_KPROF_N_LEVELS floats in
 // tq_kprof_init's order (the built-in table's shape codebooks).

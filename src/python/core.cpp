@@ -769,8 +769,15 @@ PYBIND11_MODULE(_core, m) {
         return std::string(src);
     }, py::arg("width"), "Where the active ktqp<width> table came from: 'built-in' or a LLAMA_TQ_K_PROFILES path");
     m.def("kprof_use_builtin", [](int width) {
-        if (!tq_kprof_set_active(width, nullptr, nullptr)) {
+        if (width < 2 || width > 3) {
             throw py::value_error("ktqp widths are 2 and 3");
+        }
+        if (const int n = tq_kprof_holders(width); n > 0) {
+            throw std::runtime_error(std::to_string(n) + " live cache(s) hold the ktqp" + std::to_string(width) +
+                                     " table of " + tq_kprof_active_source(width) + "; free their contexts first");
+        }
+        if (!tq_kprof_set_active(width, nullptr, nullptr)) {
+            throw std::runtime_error("the built-in ktqp table was refused");
         }
     }, py::arg("width"), "Make ktqp<width> use its built-in table again (a context with LLAMA_TQ_K_PROFILES set it)");
     m.def("type_info", &type_info, py::arg("type"), "Block size, bytes per block and bits per element of a type");

@@ -272,3 +272,25 @@ def test_misuse_is_refused(core, model, k_profiles_file, env_k_profiles, tmp_pat
     env_k_profiles(k_profiles_file)
     env_k_profiles(tmp_path / "means.gguf", K_MEANS_ENV)
     assert "ktqp2: not with K centering (LLAMA_TQ_K_MEANS)" in _refused(core, model)
+
+
+def test_a_live_cache_keeps_its_table(core, model, k_profiles_file, env_k_profiles, tmp_path: Path) -> None:
+    """The tables are process-wide; a cache's blocks decode with the table it was written with, so while a ktqp
+    cache lives no other context may bring a different table (the same one is fine)."""
+    arch, kp = read_k_profiles(k_profiles_file)
+    other = {w: type(t)(t.bits, t.scale * 1.5, t.levels) for w, t in kp.tables.items()}
+    write_k_profiles(tmp_path / "other.gguf", arch, KProfiles(kp.folds, other), "t", 1)
+    env_k_profiles(k_profiles_file)
+    first = core.Context(model, n_ctx=256, type_k="ktqp2", type_v="f16", flash_attn=True)
+    second = core.Context(model, n_ctx=256, type_k="ktqp2", type_v="f16", flash_attn=True)  # the same file
+    env_k_profiles(tmp_path / "other.gguf")
+    assert "another live context's cache holds a different one" in _refused(core, model)
+    with pytest.raises(RuntimeError, match="live cache"):
+        core.kprof_use_builtin(2)
+    assert core.kprof_source(2) == str(k_profiles_file)
+    del first, second
+    import gc
+
+    gc.collect()
+    core.Context(model, n_ctx=256, type_k="ktqp2", type_v="f16", flash_attn=True)
+    assert core.kprof_source(2) == str(tmp_path / "other.gguf")
