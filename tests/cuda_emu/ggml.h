@@ -1,6 +1,6 @@
 // llama-tq: the part of ggml.h that src/ggml-tq/tq-ggml.h needs, for the host emulation of the CUDA decode
-// kernel (tests/cuda_emu). The enum values are those of the patched ggml.h (patches/0003): the llama-tq types
-// are contiguous and in enum tq_type order, which is all that tq-ggml.h relies on.
+// kernel (tests/cuda_emu). The enum values are those of the patched ggml.h (patches/0003, 0025): the llama-tq
+// types are contiguous and in enum tq_type order, which is all that tq-ggml.h relies on.
 #pragma once
 
 #include <stdint.h>
@@ -24,7 +24,9 @@ enum ggml_type {
     GGML_TYPE_VTQ2_3  = 52,
     GGML_TYPE_VTQ3_3  = 53,
     GGML_TYPE_VTQ4_3  = 54,
-    GGML_TYPE_COUNT   = 55,
+    GGML_TYPE_KTQP2   = 55,
+    GGML_TYPE_KTQP3   = 56,
+    GGML_TYPE_COUNT   = 57,
 };
 
 struct ggml_tensor;
