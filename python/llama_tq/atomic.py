@@ -33,20 +33,51 @@ def _current_umask() -> int:
     return mask
 
 
+def _commit(tmp: str, dest: Path, directory: Path) -> None:
+    """A finished temporary file onto dest: the umask's permissions (mkstemp makes it 0600), rename, directory
+    fsync."""
+    os.chmod(tmp, 0o666 & ~_current_umask())
+    os.replace(tmp, dest)
+    fsync_dir(directory)
+
+
+def _dest(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    dest = Path(path)
+    return dest, dest.parent if str(dest.parent) else Path(".")
+
+
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """``with atomic_writer(p) as f: f.write(...)``: p appears with all of it, or not at all."""
-    dest = Path(path)
-    directory = dest.parent if str(dest.parent) else Path(".")
+    dest, directory = _dest(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_current_umask())
-        os.replace(tmp, dest)
-        fsync_dir(directory)
+        _commit(tmp, dest, directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """For writers that take a file name (gguf.GGUFWriter): ``with atomic_path(p) as tmp: write(tmp)``; tmp, beside
+    p, is fsynced and renamed onto p when the block ends normally, removed when it raises."""
+    dest, directory = _dest(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _commit(tmp, dest, directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

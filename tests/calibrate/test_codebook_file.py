@@ -220,3 +220,35 @@ def test_write_errors_for_missing_directory(tmp_path: Path) -> None:
 def test_unreadable_file(tmp_path: Path) -> None:
     with pytest.raises(CodebookFormatError, match="cannot read"):
         read_codebook(tmp_path / "missing.tqcb")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_atomic_outputs_take_the_umask_permissions(tmp_path: Path, umask: int) -> None:
+    """Codebooks and the GGUF calibration files appear as a plain open() would make them (mkstemp's 0600 would
+    hide them from a server running as another user)."""
+    from llama_tq.calibrate.calib_gguf import read_calib_gguf, write_calib_gguf
+
+    old = os.umask(umask)
+    try:
+        write_codebook(tmp_path / "cb.tqcb", make_codebook())
+        write_calib_gguf(tmp_path / "c.gguf", "llama", "k_means", 1, "test", 7,
+                         {"k_mean.0": np.arange(6, dtype=np.float32).reshape(2, 3)})
+    finally:
+        os.umask(old)
+    for name in ("cb.tqcb", "c.gguf"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
+    arch, tensors = read_calib_gguf(tmp_path / "c.gguf", "k_means", 1)
+    assert arch == "llama" and tensors["k_mean.0"].tolist() == [[0, 1, 2], [3, 4, 5]]
+    assert sorted(os.listdir(tmp_path)) == ["c.gguf", "cb.tqcb"]
+
+
+def test_atomic_gguf_write_that_fails_leaves_the_old_file(tmp_path: Path) -> None:
+    from llama_tq.calibrate.calib_gguf import write_calib_gguf
+
+    path = tmp_path / "c.gguf"
+    write_calib_gguf(path, "llama", "k_means", 1, "first", 1, {"t": np.zeros(4, dtype=np.float32)})
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        write_calib_gguf(path, "llama", "k_means", 1, "second", 1, {"t": np.zeros(4, dtype=np.complex64)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["c.gguf"]

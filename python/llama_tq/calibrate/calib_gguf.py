@@ -4,14 +4,12 @@ written atomically and read back with their version checked (the C side: src/ggm
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
 
-from ..atomic import fsync_dir
+from ..atomic import atomic_path
 from .atomic import check_writable
 from .errors import CalibrationError
 
@@ -22,10 +20,7 @@ def write_calib_gguf(path: str | os.PathLike[str], arch: str, kind: str, version
     appears whole or not at all."""
     import gguf
 
-    dest = check_writable(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    try:
+    with atomic_path(check_writable(path)) as tmp:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_uint32(f"llama_tq.{kind}.version", version)
         w.add_string(f"llama_tq.{kind}.source", source)
@@ -36,11 +31,6 @@ def write_calib_gguf(path: str | os.PathLike[str], arch: str, kind: str, version
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, dest)
-        fsync_dir(dest.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_calib_gguf(path: str | os.PathLike[str], kind: str, version: int
