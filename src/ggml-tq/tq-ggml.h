@@ -6,7 +6,9 @@
 //
 // The GGML_TYPE_KTQ2 ... GGML_TYPE_KTQP3 enum values are contiguous and in enum tq_type order, so
 // a ggml type maps to a tq type by subtraction. TQ_GGML_FIRST .. TQ_GGML_LAST (ktq, vtq) are the types
-// with CUDA kernels; the profile K types ktqp2/3 that follow (TQ_GGML_IS_KP) are CPU only for now.
+// of tq_cuda_fmt and the compiled decode kernels; the profile K types ktqp2/3 that follow (TQ_GGML_IS_KP)
+// have their own CUDA kernels (tq-kprof-cuda.cuh: encoder and converters, attention through f16).
+// TQ_GGML_ON_CUDA: the types whose ops ggml-cuda's hooks hand to llama-tq (tq-cuda.cuh).
 #pragma once
 
 #include "ggml.h"
@@ -19,6 +21,8 @@
 #define TQ_GGML_TO_TQ(t)   ((int) (t) - (int) TQ_GGML_FIRST)
 #define TQ_GGML_IS_K(t)    ((int) (t) >= (int) GGML_TYPE_KTQ2 && (int) (t) <= (int) GGML_TYPE_KTQ4)
 #define TQ_GGML_IS_KP(t)   ((int) (t) == (int) GGML_TYPE_KTQP2 || (int) (t) == (int) GGML_TYPE_KTQP3)
+#define TQ_GGML_ON_CUDA(t) (TQ_GGML_IS_TQ(t) || TQ_GGML_IS_KP(t))
+#define TQ_GGML_KP_WIDTH(t) ((int) (t) == (int) GGML_TYPE_KTQP2 ? 2 : 3)
 
 // X(GGML suffix, name) for every type, K types first.
 #define TQ_GGML_FOR_EACH_K(X) X(KTQ2, ktq2) X(KTQ3, ktq3) X(KTQ4, ktq4)

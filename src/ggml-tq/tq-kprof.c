@@ -253,6 +253,7 @@ float tq_kprof_dot_block(const tq_kprof_table * t, const uint8_t * block, const 
 static tq_kprof_table g_kprof[2];         // ktqp2, ktqp3
 static char           g_kprof_source[2][1024];
 static int            g_kprof_holders[2];
+static uint32_t       g_kprof_generation[2];
 
 // Lloyd-Max for the unit Gaussian: centroids of the cells between midpoints, in closed form
 static double kprof_phi(double x) {
@@ -311,6 +312,7 @@ void tq_kprof_init_defaults(void) {
             TQ_ABORT("the built-in ktqp%d table is invalid", w);
         }
         snprintf(g_kprof_source[w - 2], sizeof(g_kprof_source[w - 2]), "built-in");
+        g_kprof_generation[w - 2]++;
     }
 }
 
@@ -322,6 +324,11 @@ const tq_kprof_table * tq_kprof_active(int width) {
 const char * tq_kprof_active_source(int width) {
     tq_ensure_init();
     return width >= 2 && width <= 3 ? g_kprof_source[width - 2] : NULL;
+}
+
+uint32_t tq_kprof_active_generation(int width) {
+    tq_ensure_init();
+    return width >= 2 && width <= 3 ? g_kprof_generation[width - 2] : 0;
 }
 
 // the built-in table of a width, or t: is it what the width holds now?
@@ -358,9 +365,11 @@ bool tq_kprof_set_active(int width, const tq_kprof_table * t, const char * sourc
             TQ_ABORT("the built-in ktqp%d table is invalid", width);
         }
         snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "built-in");
+        g_kprof_generation[width - 2]++;
         return true;
     }
     g_kprof[width - 2] = *t;
+    g_kprof_generation[width - 2]++;
     snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "%s", source ? source : "(unnamed)");
     return true;
 }

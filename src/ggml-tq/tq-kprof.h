@@ -72,6 +72,8 @@ int32_t tq_kprof_block_profile(const tq_kprof_table * t, const uint8_t * block);
 
 const tq_kprof_table * tq_kprof_active(int width);
 const char *           tq_kprof_active_source(int width);  // "built-in" or what tq_kprof_set_active named
+// Changes whenever the table of a width is set (a copy elsewhere, e.g. on a GPU, is stale when it differs).
+uint32_t               tq_kprof_active_generation(int width);
 
 // Copies t as the table of ktqp<width> (NULL: back to the built-in one). Returns false, with a message on
 // stderr, if the width is not 2 or 3, t's blocks are not 64 * width + 16 bits, or the table would change while

@@ -282,7 +282,18 @@ static inline unsigned atomicAdd(unsigned * p, const unsigned v) {
     return old;
 }
 
+static inline unsigned atomicOr(unsigned * p, const unsigned v) {
+    const unsigned old = *p;
+    *p                 = old | v;
+    return old;
+}
+
 static inline void __threadfence() {}
+
+// IEEE round-to-nearest division (what nvcc's __fdiv_rn gives whatever -prec-div says)
+static inline float __fdiv_rn(const float a, const float b) {
+    return a / b;
+}
 
 using std::isfinite;
 using std::max;

@@ -1,7 +1,9 @@
 // llama-tq: the CUDA encoders (src/ggml-tq/cuda/tq-encode-impl.cuh: the scalar codebook fit and the two-pass
 // tail-biting Viterbi) run on a CPU by the emulation of cuda_emu.h, block by block, and compared byte for byte
 // with the CPU reference quantizer (tq_quantize_row_ref, src/ggml-tq) on the same blocks; and the f16 / f32
-// converter (tq-dequant-impl.cuh) on the CPU's blocks, value for value against the CPU decoder.
+// converter (tq-dequant-impl.cuh) on the CPU's blocks, value for value against the CPU decoder. The same for the
+// ktqp encoder and decoder (tq-kprof-cuda.cuh) against tq_kprof_quantize_block / tq_kprof_dequantize_block, with
+// the built-in tables and with a calibration-like table of 90 profiles (bits 0..6, scales per coordinate).
 //
 // The GPU sums a block's squares and products by warp reductions (another order than the CPU's loop), so a
 // block may legitimately come out different where two candidates are within rounding of each other; such a
@@ -13,6 +15,8 @@
 #include "common.cuh"
 #include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
+#include "tq-kprof-cuda.cuh"
+#include "tq-kprof.h"
 #include "tq-quants.h"
 
 #include <algorithm>
@@ -298,6 +302,103 @@ static type_result run_type(const int n_blocks, const uint64_t seed, const doubl
     return r;
 }
 
+// a table like tq-calibrate's: n profiles of width bits per coordinate on average (0..6 bits per coordinate, the
+// index included in the budget), scales spread over 1e-3 .. 1e1
+static bool make_kprof_table(tq_kprof_table * t, const int width, const int n, const uint64_t seed) {
+    std::mt19937_64                       rng(seed);
+    std::uniform_real_distribution<float> unif(0.0f, 1.0f);
+    std::vector<uint8_t>                  bits((size_t) n * QK_TQ);
+    std::vector<float>                    scale((size_t) n * QK_TQ);
+    int                                   index_bits = 0;
+    while ((1 << index_bits) < n) {
+        index_bits++;
+    }
+    const int budget = QK_TQ * width + 16 - index_bits;
+    for (int p = 0; p < n; ++p) {
+        int left = budget;
+        for (int j = 0; j < QK_TQ; ++j) {
+            int b = (int) (rng() % (TQ_KPROF_MAX_BITS + 1));
+            b     = std::min(b, std::min(left, TQ_KPROF_MAX_BITS));
+            if (p % 5 == 0) {
+                b = std::min(width, left);  // some flat profiles
+            }
+            bits[(size_t) p * QK_TQ + j]  = (uint8_t) b;
+            scale[(size_t) p * QK_TQ + j] = std::pow(10.0f, -3.0f + 4.0f * unif(rng));
+            left -= b;
+        }
+    }
+    // exact ties between profiles: p + 1 (the next lane's) and p + 32 (the same lane's) copy p, for p = 0, 10, ...
+    for (int p = 0; p + 32 < n; p += 10) {
+        for (const int c : { p + 1, p + 32 }) {
+            memcpy(&bits[(size_t) c * QK_TQ], &bits[(size_t) p * QK_TQ], QK_TQ);
+            memcpy(&scale[(size_t) c * QK_TQ], &scale[(size_t) p * QK_TQ], QK_TQ * sizeof(float));
+        }
+    }
+    float levels[TQ_KPROF_N_LEVELS];
+    tq_kprof_gaussian_levels(levels);
+    return tq_kprof_init(t, n, QK_TQ * width + 16, bits.data(), scale.data(), levels);
+}
+
+// the ktqp encoder (tq_k_encode_kprof, TQ_KPROF_WARPS blocks per thread block, the last one part-full) and the
+// decoder (tq_kprof_dequant1) against the CPU reference with table t: byte for byte and value for value
+static type_result run_kprof(const char * name, const tq_kprof_table * t, const int n_blocks, const uint64_t seed,
+                             const bool verbose) {
+    const size_t             bs   = (size_t) t->block_bits / 8;
+    const float *            lv   = tq_kprof_active(2)->levels[2];
+    const std::vector<float> x    = make_blocks(n_blocks, seed + 101, lv, 4);
+    std::vector<char>        flat(tq_cuda_kprof_layout::bytes, 0);
+    tq_cuda_kprof_flatten(t, flat.data());
+    const tq_cuda_kprof      T = tq_cuda_kprof_view(flat.data(), t);
+    std::vector<uint8_t>     gpu((size_t) n_blocks * bs, 0xA5);
+    std::vector<uint8_t>     cpu((size_t) n_blocks * bs, 0x5A);
+    for (int ib = 0; ib < n_blocks; ++ib) {
+        tq_kprof_quantize_block(t, &x[(size_t) ib * QK_TQ], &cpu[(size_t) ib * bs]);
+    }
+    const emu_loc loc{ x.data(), gpu.data(), bs };
+    for (int tb = 0; tb * TQ_KPROF_WARPS < n_blocks; ++tb) {
+        blockIdx = emu_dim3{ (unsigned) tb, 0, 0 };
+        emu_run_block(32 * TQ_KPROF_WARPS, [&]() { tq_k_encode_kprof<emu_loc>(loc, T, n_blocks); });
+    }
+    type_result r;
+    for (int ib = 0; ib < n_blocks; ++ib) {
+        if (memcmp(&gpu[(size_t) ib * bs], &cpu[(size_t) ib * bs], bs) != 0) {
+            ++r.differing;
+            ++r.failed;
+            if (r.failed <= 5 || verbose) {
+                printf("  %s block %d (kind %d): DIFFERS, profile GPU %d CPU %d\n", name, ib, ib % 12,
+                       tq_kprof_block_profile(t, &gpu[(size_t) ib * bs]), tq_kprof_block_profile(t, &cpu[(size_t) ib * bs]));
+            }
+        }
+    }
+    // the decoder on the CPU's blocks, with every 7th block's index past n_profiles where the index bits allow
+    std::vector<uint8_t> blocks = cpu;
+    for (int ib = 3; ib < n_blocks; ib += 7) {
+        if ((1 << t->index_bits) > t->n_profiles) {
+            uint8_t * b = &blocks[(size_t) ib * bs];
+            b[0] |= (uint8_t) ((1 << t->index_bits) - 1);
+            if (t->index_bits > 8) {
+                b[1] |= (uint8_t) ((1 << (t->index_bits - 8)) - 1);
+            }
+        }
+    }
+    int bad = 0;
+    for (int ib = 0; ib < n_blocks; ++ib) {
+        float ref[QK_TQ];
+        tq_kprof_dequantize_block(t, &blocks[(size_t) ib * bs], ref);
+        float v[QK_TQ];  // thread j decodes value j
+        emu_run_block(QK_TQ, [&]() { v[threadIdx.x] = tq_kprof_dequant1(&blocks[(size_t) ib * bs], (int) threadIdx.x, T); });
+        for (int j = 0; j < QK_TQ; ++j) {
+            if (memcmp(&v[j], &ref[j], sizeof(float)) != 0 && bad++ < 5) {
+                printf("  %s block %d value %d: GPU decoder %.9g, CPU %.9g\n", name, ib, j, v[j], ref[j]);
+            }
+        }
+    }
+    r.failed += bad > 0 ? 1 : 0;
+    printf("%-7s blocks=%d differing=%d failed=%d (%d profiles)\n", name, n_blocks, r.differing, r.failed,
+           t->n_profiles);
+    return r;
+}
+
 int main(int argc, char ** argv) {
     emu_order    order      = EMU_ORDER_FORWARD;
     const char * order_name = "forward";
@@ -347,6 +448,22 @@ int main(int argc, char ** argv) {
     }
     TQ_GGML_FOR_EACH(X)
 #undef X
+    static tq_kprof_table calibrated;  // (large: not on the stack)
+    for (int width = 2; width <= 3; ++width) {
+        const std::string name = "ktqp" + std::to_string(width);
+        for (const bool builtin : { true, false }) {
+            if (!builtin && !make_kprof_table(&calibrated, width, 90, seed + (uint64_t) width)) {
+                printf("encode_emu: the test's ktqp%d table is invalid\n", width);
+                return 1;
+            }
+            const type_result r = run_kprof((name + (builtin ? "" : "c")).c_str(),
+                                            builtin ? tq_kprof_active(width) : &calibrated, n_blocks, seed, verbose);
+            ++n_types;
+            n_all += n_blocks;
+            n_diff += r.differing;
+            n_failed += r.failed;
+        }
+    }
     printf("encode_emu: order=%s types=%d blocks=%d differing=%d failed=%d\n", order_name, n_types, n_all, n_diff,
            n_failed);
     return n_failed == 0 ? 0 : 1;

@@ -17,6 +17,12 @@ between two candidates within rounding; it then passes if its squared reconstruc
 encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. So far none differs. The trellis
 forms must agree with each other byte for byte.
 
+The ktqp encoder and decoder (tq-kprof-cuda.cuh: a warp per block, lanes scoring profiles, then a shuffle
+reduction) run on the same kinds of blocks with the built-in tables of ktqp2 / ktqp3 and with a calibration-like
+table of 90 profiles (0..6 bits per coordinate), against tq_kprof_quantize_block byte for byte (the same float
+operations in the same order: no block may differ) and tq_kprof_dequantize_block value for value (also on blocks
+whose index lies past the table).
+
 The same program runs the f16 / f32 converter (tq-dequant-impl.cuh, eight values per thread) on the CPU's
 blocks of every type (three thread blocks: the grid-stride loop wraps) and requires every value to equal the CPU
 decoder's (f32) and its round-to-nearest-even f16.
@@ -26,8 +32,9 @@ wrong half of its pointer, the barrier of a Viterbi step removed in both forms o
 weight-0 samples not skipped, a back-pointer read from the wrong ring row or the wrong lane half, the fused
 kernel's V arguments, in its side-by-side form another g_fix's slot copied, a slot holding another g_fix's
 pass or a ticket not zeroed by the last thread block, a value on a decision threshold taking the upper level,
-the fit's error sums left per lane) and converters (outlier slots in the wrong order, a window read at the wrong
-offset) must fail.
+the fit's error sums left per lane), converters (outlier slots in the wrong order, a window read at the wrong
+offset) and ktqp kernels (a tie between lanes or within a lane going to the higher profile, a code straddling
+two words cut, NaN not coded as 0, an index past the table not read as profile 0) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the launches of tq-cuda.cu
 (test-backend-ops covers those on a GPU; the locators of SET_ROWS/CPY: test_loc_emu.py), nvcc's arithmetic (the
@@ -57,9 +64,10 @@ from tests.cuda_emu.test_fattn_emu import (
 )
 
 KERNELS = CUDA / "tq-encode-impl.cuh"
+KPROF = CUDA / "tq-kprof-cuda.cuh"  # the ktqp encoder and decoder
 DEQUANT = CUDA / "tq-dequant-impl.cuh"  # the f16 / f32 converter, checked on the CPU's blocks by the same program
 ORDERS = ("forward", "backward", "shuffled")
-N_TYPES = 12
+N_TYPES = 16  # the 12 ktq/vtq types, ktqp2 and ktqp3 each with the built-in and a calibration-like table
 N_BLOCKS = 241  # per type and run (odd: the last trellis thread block has a warp without a block)
 
 SUMMARY = r"encode_emu: order=(\w+) types=(\d+) blocks=(\d+) differing=(\d+) failed=(\d+)"
@@ -143,6 +151,17 @@ MUTATIONS = [
     ),
     # the converter: the window of value e starts e codes into the read
     Mutation("dequant-window", "(uint32_t) (w >> (F::b * e)), rep)", "(uint32_t) (w >> (F::L * e)), rep)", DEQUANT),
+    # ktqp: a tie between lanes' best profiles must go to the lower index (all-zero and constant blocks tie)
+    Mutation("kprof-tie", "(oe == best_e && op < best)", "(oe == best_e && op > best)", KPROF),
+    # ... and within a lane's profiles (p, p + 32, ...)
+    Mutation("kprof-lane-tie", "        if (e < best_e) {", "        if (e <= best_e) {", KPROF),
+    # ktqp: a code that straddles two 32-bit words of the block
+    Mutation("kprof-straddle", "                atomicOr(&s_w[(pos >> 5) + 1], code >> (32 - (pos & 31)));\n",
+             "", KPROF),
+    # ktqp: non-finite inputs are coded as 0
+    Mutation("kprof-nonfinite", "s_x[j]        = isfinite(v) ? v : 0.0f;", "s_x[j]        = v;", KPROF),
+    # ktqp: an index past the table decodes with profile 0
+    Mutation("kprof-index-past", "(int) idx < T.n_profiles ? (int) idx : 0", "(int) idx", KPROF),
 ]
 
 

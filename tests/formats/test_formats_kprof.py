@@ -245,3 +245,31 @@ def test_bad_tables_are_refused_with_the_reason(tq, levels, capfd) -> None:
         k = KProf(tq, bits, scale, lv, block_bits)
         assert not k.ok, message
         assert message in capfd.readouterr().err, message
+
+
+def test_generation_changes_with_every_table_set_and_not_with_a_refused_one(tq, levels, capfd) -> None:
+    """tq_kprof_active_generation tells a copy elsewhere (the CUDA backend's device tables) that it is stale."""
+    lib = tq.lib
+    lib.tq_kprof_active_generation.restype = ctypes.c_uint32
+    lib.tq_kprof_active_generation.argtypes = [ctypes.c_int]
+    for fn in (lib.tq_kprof_set_active, lib.tq_kprof_hold):
+        fn.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p]
+        fn.restype = ctypes.c_bool
+    lib.tq_kprof_release.argtypes = [ctypes.c_int]
+    a = KProf(tq, np.full((2, QK), 2), np.ones((2, QK)), levels, QK * 2 + 16)
+    b = KProf(tq, np.full((2, QK), 2), np.full((2, QK), 2.0), levels, QK * 2 + 16)
+    assert a.ok and b.ok
+    g2, g3 = lib.tq_kprof_active_generation(2), lib.tq_kprof_active_generation(3)
+    try:
+        assert lib.tq_kprof_hold(2, a.buf, b"a")
+        held = lib.tq_kprof_active_generation(2)
+        assert held != g2 and lib.tq_kprof_active_generation(3) == g3
+        assert not lib.tq_kprof_set_active(2, b.buf, b"b")  # refused while held: the table and its generation stay
+        assert "cannot replace it" in capfd.readouterr().err
+        assert lib.tq_kprof_active_generation(2) == held
+    finally:
+        lib.tq_kprof_release(2)
+    assert lib.tq_kprof_set_active(2, b.buf, b"b")
+    assert lib.tq_kprof_active_generation(2) not in (g2, held)
+    assert lib.tq_kprof_set_active(2, None, None)  # back to the built-in table: the shared library's state as found
+    assert lib.tq_kprof_active_generation(2) not in (g2, held)

@@ -9,12 +9,14 @@
 #include "tq-dequant-impl.cuh"
 #include "tq-encode-impl.cuh"
 #include "tq-fattn.cuh"
+#include "tq-kprof-cuda.cuh"
 
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <type_traits>
+#include <vector>
 
 #define TQ_CUDA_BLOCK_SIZE 256
 
@@ -95,6 +97,150 @@ static void tq_dequant_nc_cuda(const void * x, dst_t * y, const int64_t ne00, co
         (const uint8_t *) x, y, ne00, ne01, ne02, n, s01, s02, s03, tq_cuda_host_tab<type>());
 }
 
+// ---- ktqp2 / ktqp3: the profile table on the device, converters ----------------------------------------------
+
+// The device copy of ktqp<width>'s table (tq_kprof_active) on the current device, refreshed when the host's table
+// changed (tq_kprof_active_generation). One buffer per device and width, sized for TQ_KPROF_MAX_PROFILES and kept
+// for the process's life, so its pointers stay valid in captured CUDA graphs. A refresh happens at a context's
+// first, uncaptured evaluation (ggml-cuda evaluates a graph directly before it captures one); a table that
+// changed while a stream is being captured aborts with a message rather than using stale blocks.
+static tq_cuda_kprof tq_cuda_kprof_table(const int width, cudaStream_t stream) {
+    struct entry {
+        bool          valid = false;
+        uint32_t      generation = 0;
+        char *        d = nullptr;
+        tq_cuda_kprof T = {};
+    };
+    static std::mutex                             mutex;
+    static std::map<std::pair<int, int>, entry>   tables;
+    std::lock_guard<std::mutex>                   lock(mutex);
+    entry &                                       e   = tables[{ ggml_cuda_get_device(), width }];
+    const uint32_t                                gen = tq_kprof_active_generation(width);
+    if (e.valid && e.generation == gen) {
+        return e.T;
+    }
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    CUDA_CHECK(cudaStreamIsCapturing(stream, &status));
+    if (status != cudaStreamCaptureStatusNone) {
+        GGML_ABORT("ktqp%d: the profile table changed while a CUDA graph is being captured", width);
+    }
+    const tq_kprof_table * t = tq_kprof_active(width);
+    std::vector<char>      h(tq_cuda_kprof_layout::bytes, 0);
+    tq_cuda_kprof_flatten(t, h.data());
+    if (e.d == nullptr) {
+        CUDA_CHECK(cudaMalloc((void **) &e.d, h.size()));
+    }
+    CUDA_CHECK(cudaMemcpyAsync(e.d, h.data(), h.size(), cudaMemcpyHostToDevice, stream));
+    CUDA_CHECK(cudaStreamSynchronize(stream));  // h is freed on return; every stream then sees the table
+    e.T          = tq_cuda_kprof_view(e.d, t);
+    e.generation = gen;
+    e.valid      = true;
+    return e.T;
+}
+
+// s01, s02, s03: strides in blocks; y is contiguous [ne03][ne02][ne01][ne00]
+template <typename dst_t>
+static __global__ void tq_k_kprof_dequant_nc(const uint8_t * __restrict__ x, dst_t * __restrict__ y,
+                                             const int64_t ne00, const int64_t ne01, const int64_t ne02,
+                                             const int64_t n, const int64_t s01, const int64_t s02, const int64_t s03,
+                                             const tq_cuda_kprof T) {
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
+        const int64_t i00 = i % ne00;
+        int64_t       r   = i / ne00;
+        const int64_t i01 = r % ne01;
+        r /= ne01;
+        const int64_t i02 = r % ne02;
+        const int64_t i03 = r / ne02;
+        const int64_t ib  = i03 * s03 + i02 * s02 + i01 * s01 + i00 / QK_TQ;
+        y[i] = ggml_cuda_cast<dst_t>(tq_kprof_dequant1(x + ib * T.block_bytes, (int) (i00 % QK_TQ), T));
+    }
+}
+
+template <int width, typename dst_t>
+static void tq_kprof_dequant_nc_cuda(const void * x, dst_t * y, const int64_t ne00, const int64_t ne01,
+                                     const int64_t ne02, const int64_t ne03, const int64_t s01, const int64_t s02,
+                                     const int64_t s03, cudaStream_t stream) {
+    const int64_t n = ne00 * ne01 * ne02 * ne03;
+    if (n <= 0) {
+        return;
+    }
+    GGML_ASSERT(ne00 % QK_TQ == 0);
+    tq_k_kprof_dequant_nc<dst_t><<<tq_cuda_grid(n), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(
+        (const uint8_t *) x, y, ne00, ne01, ne02, n, s01, s02, s03, tq_cuda_kprof_table(width, stream));
+}
+
+// contiguous: one row of k values
+template <int width, typename dst_t>
+static void tq_kprof_dequant_cont_cuda(const void * x, dst_t * y, const int64_t k, cudaStream_t stream) {
+    tq_kprof_dequant_nc_cuda<width, dst_t>(x, y, k, 1, 1, 1, k / QK_TQ, k / QK_TQ, k / QK_TQ, stream);
+}
+
+// dst[i10, i11, i12] = src0[src1[i10, i11, i12], i11, i12] (byte strides; src1 is I32)
+template <typename dst_t>
+static __global__ void tq_k_kprof_get_rows(const char * __restrict__ src0, const char * __restrict__ src1,
+                                           char * __restrict__ dst, const int64_t ne00, const int64_t ne10,
+                                           const int64_t ne11, const int64_t n, const size_t nb01, const size_t nb02,
+                                           const size_t nb03, const size_t nb10, const size_t nb11, const size_t nb12,
+                                           const size_t nb1, const size_t nb2, const size_t nb3, const tq_cuda_kprof T) {
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
+        const int64_t i00 = i % ne00;
+        int64_t       r   = i / ne00;
+        const int64_t i10 = r % ne10;
+        r /= ne10;
+        const int64_t   i11 = r % ne11;
+        const int64_t   i12 = r / ne11;
+        const int64_t   row = *(const int32_t *) (src1 + i10 * nb10 + i11 * nb11 + i12 * nb12);
+        const uint8_t * blk = (const uint8_t *) (src0 + row * nb01 + i11 * nb02 + i12 * nb03) + (i00 / QK_TQ) * T.block_bytes;
+        dst_t *         y   = (dst_t *) (dst + i10 * nb1 + i11 * nb2 + i12 * nb3);
+        y[i00] = ggml_cuda_cast<dst_t>(tq_kprof_dequant1(blk, (int) (i00 % QK_TQ), T));
+    }
+}
+
+// type -> F32, one thread per element (any strides on both sides)
+static __global__ void tq_k_kprof_cpy_to_f32(const char * __restrict__ src0, char * __restrict__ dst, const int64_t n,
+                                             const int64_t ne00, const int64_t ne01, const int64_t ne02,
+                                             const size_t nb00, const size_t nb01, const size_t nb02, const size_t nb03,
+                                             const int64_t ne10, const int64_t ne11, const int64_t ne12,
+                                             const size_t nb10, const size_t nb11, const size_t nb12, const size_t nb13,
+                                             const tq_cuda_kprof T) {
+    for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
+        int64_t       r   = i;
+        const int64_t i00 = r % ne00;
+        r /= ne00;
+        const int64_t i01 = r % ne01;
+        r /= ne01;
+        const int64_t i02 = r % ne02;
+        const int64_t i03 = r / ne02;
+        r                 = i;
+        const int64_t i10 = r % ne10;
+        r /= ne10;
+        const int64_t i11 = r % ne11;
+        r /= ne11;
+        const int64_t   i12 = r % ne12;
+        const int64_t   i13 = r / ne12;
+        const uint8_t * blk = (const uint8_t *) (src0 + (i00 / QK_TQ) * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03);
+        *(float *) (dst + i10 * nb10 + i11 * nb11 + i12 * nb12 + i13 * nb13) = tq_kprof_dequant1(blk, (int) (i00 % QK_TQ), T);
+    }
+}
+
+template <class Loc>
+static void tq_kprof_encode_cuda(const ggml_type type, const Loc & loc, const int64_t nblocks, cudaStream_t stream) {
+    if (nblocks <= 0) {
+        return;
+    }
+    GGML_ASSERT(nblocks <= INT32_MAX);
+    const unsigned n_tb = (unsigned) ((nblocks + TQ_KPROF_WARPS - 1) / TQ_KPROF_WARPS);
+    tq_k_encode_kprof<Loc><<<n_tb, 32 * TQ_KPROF_WARPS, 0, stream>>>(loc, tq_cuda_kprof_table(TQ_GGML_KP_WIDTH(type), stream),
+                                                                     (int) nblocks);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+#define TQ_CUDA_KP_CASES(fn, dst_t)                            \
+    case GGML_TYPE_KTQP2:                                      \
+        return fn<2, dst_t>;                                   \
+    case GGML_TYPE_KTQP3:                                      \
+        return fn<3, dst_t>;
+
 #define TQ_CUDA_CASE_RET(T, t, fn, ...) \
     case GGML_TYPE_##T:                 \
         return fn<GGML_TYPE_##T, __VA_ARGS__>;
@@ -103,6 +249,7 @@ to_fp16_cuda_t tq_cuda_get_to_fp16(ggml_type type) {
 #define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_cont_cuda, half)
     switch (type) {
         TQ_GGML_FOR_EACH(X)
+        TQ_CUDA_KP_CASES(tq_kprof_dequant_cont_cuda, half)
         default: return nullptr;
     }
 #undef X
@@ -112,6 +259,7 @@ to_fp32_cuda_t tq_cuda_get_to_fp32(ggml_type type) {
 #define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_cont_cuda, float)
     switch (type) {
         TQ_GGML_FOR_EACH(X)
+        TQ_CUDA_KP_CASES(tq_kprof_dequant_cont_cuda, float)
         default: return nullptr;
     }
 #undef X
@@ -121,6 +269,7 @@ to_bf16_cuda_t tq_cuda_get_to_bf16(ggml_type type) {
 #define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_cont_cuda, nv_bfloat16)
     switch (type) {
         TQ_GGML_FOR_EACH(X)
+        TQ_CUDA_KP_CASES(tq_kprof_dequant_cont_cuda, nv_bfloat16)
         default: return nullptr;
     }
 #undef X
@@ -130,6 +279,7 @@ to_fp16_nc_cuda_t tq_cuda_get_to_fp16_nc(ggml_type type) {
 #define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_nc_cuda, half)
     switch (type) {
         TQ_GGML_FOR_EACH(X)
+        TQ_CUDA_KP_CASES(tq_kprof_dequant_nc_cuda, half)
         default: return nullptr;
     }
 #undef X
@@ -139,6 +289,7 @@ to_fp32_nc_cuda_t tq_cuda_get_to_fp32_nc(ggml_type type) {
 #define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_nc_cuda, float)
     switch (type) {
         TQ_GGML_FOR_EACH(X)
+        TQ_CUDA_KP_CASES(tq_kprof_dequant_nc_cuda, float)
         default: return nullptr;
     }
 #undef X
@@ -148,6 +299,7 @@ to_bf16_nc_cuda_t tq_cuda_get_to_bf16_nc(ggml_type type) {
 #define X(T, t) TQ_CUDA_CASE_RET(T, t, tq_dequant_nc_cuda, nv_bfloat16)
     switch (type) {
         TQ_GGML_FOR_EACH(X)
+        TQ_CUDA_KP_CASES(tq_kprof_dequant_nc_cuda, nv_bfloat16)
         default: return nullptr;
     }
 #undef X
@@ -219,6 +371,26 @@ void tq_cuda_get_rows(const void * src0_d, ggml_type src0_type, const int32_t * 
                       int64_t ne10, int64_t ne11, int64_t ne12, size_t nb10, size_t nb11, size_t nb12,
                       size_t nb1, size_t nb2, size_t nb3, cudaStream_t stream) {
     GGML_ASSERT(ne00 % QK_TQ == 0);
+    if (TQ_GGML_IS_KP(src0_type)) {
+        const int64_t n = ne00 * ne10 * ne11 * ne12;
+        if (n <= 0) {
+            return;
+        }
+        const tq_cuda_kprof T = tq_cuda_kprof_table(TQ_GGML_KP_WIDTH(src0_type), stream);
+#define TQ_KP_GET_ROWS(dst_t)                                                                                    \
+    tq_k_kprof_get_rows<dst_t><<<tq_cuda_grid(n), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(                              \
+        (const char *) src0_d, (const char *) src1_d, (char *) dst_d, ne00, ne10, ne11, n, nb01, nb02, nb03, nb10, \
+        nb11, nb12, nb1, nb2, nb3, T)
+        switch (dst_type) {
+            case GGML_TYPE_F32:  TQ_KP_GET_ROWS(float); break;
+            case GGML_TYPE_F16:  TQ_KP_GET_ROWS(half); break;
+            case GGML_TYPE_BF16: TQ_KP_GET_ROWS(nv_bfloat16); break;
+            default: GGML_ABORT("%s: unsupported dst type %s", __func__, ggml_type_name(dst_type));
+        }
+#undef TQ_KP_GET_ROWS
+        CUDA_CHECK(cudaGetLastError());
+        return;
+    }
     switch (src0_type) {
 #define X(T, t)                                                                                                  \
     case GGML_TYPE_##T:                                                                                          \
@@ -296,7 +468,7 @@ static tq_cuda_loc_set_rows tq_cuda_set_rows_loc(const ggml_tensor * dst, int64_
     const ggml_tensor * src0 = dst->src[0];
     const ggml_tensor * src1 = dst->src[1];
 
-    GGML_ASSERT(TQ_GGML_IS_TQ(dst->type));
+    GGML_ASSERT(TQ_GGML_ON_CUDA(dst->type));
     GGML_ASSERT(src0->type == GGML_TYPE_F32);
     GGML_ASSERT(src1->type == GGML_TYPE_I64 || src1->type == GGML_TYPE_I32);
     GGML_ASSERT(src0->ne[0] % QK_TQ == 0);
@@ -310,6 +482,10 @@ static tq_cuda_loc_set_rows tq_cuda_set_rows_loc(const ggml_tensor * dst, int64_
 void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     int64_t                    nblocks;
     const tq_cuda_loc_set_rows loc = tq_cuda_set_rows_loc(dst, &nblocks);
+    if (TQ_GGML_IS_KP(dst->type)) {
+        tq_kprof_encode_cuda(dst->type, loc, nblocks, ctx.stream());
+        return;
+    }
     tq_encode_cuda_type(dst->type, loc, nblocks, ctx.stream());
 }
 
@@ -486,12 +662,26 @@ void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml
         return;
     }
 
-    if (src0->type == GGML_TYPE_F32 && TQ_GGML_IS_TQ(src1->type)) {
+    if (src0->type == GGML_TYPE_F32 && TQ_GGML_ON_CUDA(src1->type)) {
         GGML_ASSERT(src0->ne[0] % QK_TQ == 0 && src1->ne[0] % QK_TQ == 0);
         GGML_ASSERT(n / QK_TQ <= INT32_MAX);  // the 32-bit splits of the locator
         const tq_cuda_loc_cpy loc = tq_cuda_make_loc_cpy(src0->data, src0->ne, src0->nb, src1->data, src1->ne, src1->nb,
                                                          (int) ggml_type_size(src1->type));
-        tq_encode_cuda_type(src1->type, loc, n / QK_TQ, stream);
+        if (TQ_GGML_IS_KP(src1->type)) {
+            tq_kprof_encode_cuda(src1->type, loc, n / QK_TQ, stream);
+        } else {
+            tq_encode_cuda_type(src1->type, loc, n / QK_TQ, stream);
+        }
+        return;
+    }
+
+    if (TQ_GGML_IS_KP(src0->type) && src1->type == GGML_TYPE_F32) {
+        GGML_ASSERT(src0->ne[0] % QK_TQ == 0);
+        tq_k_kprof_cpy_to_f32<<<tq_cuda_grid(n), TQ_CUDA_BLOCK_SIZE, 0, stream>>>(
+            (const char *) src0->data, (char *) src1->data, n, src0->ne[0], src0->ne[1], src0->ne[2], src0->nb[0],
+            src0->nb[1], src0->nb[2], src0->nb[3], src1->ne[0], src1->ne[1], src1->ne[2], src1->nb[0], src1->nb[1],
+            src1->nb[2], src1->nb[3], tq_cuda_kprof_table(TQ_GGML_KP_WIDTH(src0->type), stream));
+        CUDA_CHECK(cudaGetLastError());
         return;
     }
 
@@ -521,14 +711,14 @@ void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml
 bool tq_cuda_supports_op(const ggml_tensor * op, bool * supported) {
     switch (op->op) {
         case GGML_OP_GET_ROWS:
-            if (!TQ_GGML_IS_TQ(op->src[0]->type)) {
+            if (!TQ_GGML_ON_CUDA(op->src[0]->type)) {
                 return false;
             }
             *supported = (op->type == GGML_TYPE_F32 || op->type == GGML_TYPE_F16 || op->type == GGML_TYPE_BF16) &&
                          op->src[1]->type == GGML_TYPE_I32 && op->src[0]->ne[0] % QK_TQ == 0;
             return true;
         case GGML_OP_SET_ROWS:
-            if (!TQ_GGML_IS_TQ(op->type)) {
+            if (!TQ_GGML_ON_CUDA(op->type)) {
                 return false;
             }
             *supported = op->src[0]->type == GGML_TYPE_F32 &&
@@ -539,7 +729,7 @@ bool tq_cuda_supports_op(const ggml_tensor * op, bool * supported) {
         case GGML_OP_DUP: {
             const ggml_tensor * a = op->src[0];
             const ggml_tensor * b = op->op == GGML_OP_CPY ? op->src[1] : op;
-            if (!TQ_GGML_IS_TQ(a->type) && !TQ_GGML_IS_TQ(b->type)) {
+            if (!TQ_GGML_ON_CUDA(a->type) && !TQ_GGML_ON_CUDA(b->type)) {
                 return false;
             }
             if (a->type == b->type) {

@@ -1,6 +1,6 @@
 // llama-tq: CUDA kernels of the ktq / vtq KV-cache types, as seen by ggml-cuda's hooks.
 //
-// The upstream files only branch here when a tensor has one of our types (TQ_GGML_IS_TQ):
+// The upstream files only branch here when a tensor has one of our types (TQ_GGML_ON_CUDA: ktq, vtq, ktqp):
 //   convert.cu      ggml_get_to_{fp16,fp32,bf16}[_nc]_cuda  -> tq_cuda_get_to_*   (FA prefill, K-shift cast)
 //   getrows.cu      get_rows_cuda                            -> tq_cuda_get_rows
 //   set-rows.cu     ggml_cuda_op_set_rows                    -> tq_cuda_set_rows   (the KV-cache write)
