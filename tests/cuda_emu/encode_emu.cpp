@@ -3,7 +3,7 @@
 // with the CPU reference quantizer (tq_quantize_row_ref, src/ggml-tq) on the same blocks; and the f16 / f32
 // converter (tq-dequant-impl.cuh) on the CPU's blocks, value for value against the CPU decoder. The same for the
 // ktqp encoder and decoder (tq-kprof-cuda.cuh) against tq_kprof_quantize_block / tq_kprof_dequantize_block, with
-// the built-in tables and with a calibration-like table of 90 profiles (bits 0..6, scales per coordinate).
+// the built-in tables and with a calibration-like table of 200 profiles (bits 0..6, scales per coordinate).
 //
 // The GPU sums a block's squares and products by warp reductions (another order than the CPU's loop), so a
 // block may legitimately come out different where two candidates are within rounding of each other; such a
@@ -327,9 +327,10 @@ static bool make_kprof_table(tq_kprof_table * t, const int width, const int n, c
             left -= b;
         }
     }
-    // exact ties between profiles: p + 1 (the next lane's) and p + 32 (the same lane's) copy p, for p = 0, 10, ...
-    for (int p = 0; p + 32 < n; p += 10) {
-        for (const int c : { p + 1, p + 32 }) {
+    // exact ties between profiles: p + 1 (the next thread's), p + 32 (another warp's) and p + TQ_KPROF_THREADS (the
+    // same thread's) copy p, for p = 0, 10, ...
+    for (int p = 0; p + TQ_KPROF_THREADS < n; p += 10) {
+        for (const int c : { p + 1, p + 32, p + TQ_KPROF_THREADS }) {
             memcpy(&bits[(size_t) c * QK_TQ], &bits[(size_t) p * QK_TQ], QK_TQ);
             memcpy(&scale[(size_t) c * QK_TQ], &scale[(size_t) p * QK_TQ], QK_TQ * sizeof(float));
         }
@@ -339,7 +340,7 @@ static bool make_kprof_table(tq_kprof_table * t, const int width, const int n, c
     return tq_kprof_init(t, n, QK_TQ * width + 16, bits.data(), scale.data(), levels);
 }
 
-// the ktqp encoder (tq_k_encode_kprof, TQ_KPROF_WARPS blocks per thread block, the last one part-full) and the
+// the ktqp encoder (tq_k_encode_kprof, a thread block per block) and the
 // decoder (tq_kprof_dequant1) against the CPU reference with table t: byte for byte and value for value
 static type_result run_kprof(const char * name, const tq_kprof_table * t, const int n_blocks, const uint64_t seed,
                              const bool verbose) {
@@ -355,9 +356,9 @@ static type_result run_kprof(const char * name, const tq_kprof_table * t, const 
         tq_kprof_quantize_block(t, &x[(size_t) ib * QK_TQ], &cpu[(size_t) ib * bs]);
     }
     const emu_loc loc{ x.data(), gpu.data(), bs };
-    for (int tb = 0; tb * TQ_KPROF_WARPS < n_blocks; ++tb) {
+    for (int tb = 0; tb < n_blocks; ++tb) {
         blockIdx = emu_dim3{ (unsigned) tb, 0, 0 };
-        emu_run_block(32 * TQ_KPROF_WARPS, [&]() { tq_k_encode_kprof<emu_loc>(loc, T, n_blocks); });
+        emu_run_block(TQ_KPROF_THREADS, [&]() { tq_k_encode_kprof<emu_loc>(loc, T, n_blocks); });
     }
     type_result r;
     for (int ib = 0; ib < n_blocks; ++ib) {
@@ -452,7 +453,7 @@ int main(int argc, char ** argv) {
     for (int width = 2; width <= 3; ++width) {
         const std::string name = "ktqp" + std::to_string(width);
         for (const bool builtin : { true, false }) {
-            if (!builtin && !make_kprof_table(&calibrated, width, 90, seed + (uint64_t) width)) {
+            if (!builtin && !make_kprof_table(&calibrated, width, 200, seed + (uint64_t) width)) {
                 printf("encode_emu: the test's ktqp%d table is invalid\n", width);
                 return 1;
             }

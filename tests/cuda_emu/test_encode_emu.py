@@ -17,9 +17,9 @@ between two candidates within rounding; it then passes if its squared reconstruc
 encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. So far none differs. The trellis
 forms must agree with each other byte for byte.
 
-The ktqp encoder and decoder (tq-kprof-cuda.cuh: a warp per block, lanes scoring profiles, then a shuffle
-reduction) run on the same kinds of blocks with the built-in tables of ktqp2 / ktqp3 and with a calibration-like
-table of 90 profiles (0..6 bits per coordinate), against tq_kprof_quantize_block byte for byte (the same float
+The ktqp encoder and decoder (tq-kprof-cuda.cuh: a thread block per block, each thread scoring whole profiles,
+then shuffle and shared-memory reductions) run on the same kinds of blocks with the built-in tables of ktqp2 / ktqp3 and with a calibration-like
+table of 200 profiles (0..6 bits per coordinate), against tq_kprof_quantize_block byte for byte (the same float
 operations in the same order: no block may differ) and tq_kprof_dequantize_block value for value (also on blocks
 whose index lies past the table).
 
@@ -33,7 +33,8 @@ weight-0 samples not skipped, a back-pointer read from the wrong ring row or the
 kernel's V arguments, in its side-by-side form another g_fix's slot copied, a slot holding another g_fix's
 pass or a ticket not zeroed by the last thread block, a value on a decision threshold taking the upper level,
 the fit's error sums left per lane), converters (outlier slots in the wrong order, a window read at the wrong
-offset) and ktqp kernels (a tie between lanes or within a lane going to the higher profile, a code straddling
+offset) and ktqp kernels (a tie between threads or within a thread going to the higher profile, the barrier before the
+block's reduction removed, a code straddling
 two words cut, NaN not coded as 0, an index past the table not read as profile 0) must fail.
 
 Not covered (see cuda_emu.h): timing, the memory model beyond barriers, the launches of tq-cuda.cu
@@ -152,14 +153,16 @@ MUTATIONS = [
     # the converter: the window of value e starts e codes into the read
     Mutation("dequant-window", "(uint32_t) (w >> (F::b * e)), rep)", "(uint32_t) (w >> (F::L * e)), rep)", DEQUANT),
     # ktqp: a tie between lanes' best profiles must go to the lower index (all-zero and constant blocks tie)
-    Mutation("kprof-tie", "(oe == best_e && op < best)", "(oe == best_e && op > best)", KPROF),
-    # ... and within a lane's profiles (p, p + 32, ...)
+    Mutation("kprof-tie", "(e == best_e && p < best)", "(e == best_e && p > best)", KPROF),
+    # ... and within a thread's profiles (p, p + 128, ...)
     Mutation("kprof-lane-tie", "        if (e < best_e) {", "        if (e <= best_e) {", KPROF),
+    # ... and the barrier between the warps' winners and the block's reduction
+    Mutation("kprof-barrier", "        s_p[tid / 32] = best;\n    }\n    __syncthreads();", "        s_p[tid / 32] = best;\n    }", KPROF),
     # ktqp: a code that straddles two 32-bit words of the block
     Mutation("kprof-straddle", "                atomicOr(&s_w[(pos >> 5) + 1], code >> (32 - (pos & 31)));\n",
              "", KPROF),
     # ktqp: non-finite inputs are coded as 0
-    Mutation("kprof-nonfinite", "s_x[j]        = isfinite(v) ? v : 0.0f;", "s_x[j]        = v;", KPROF),
+    Mutation("kprof-nonfinite", "s_x[tid]      = isfinite(v) ? v : 0.0f;", "s_x[tid]      = v;", KPROF),
     # ktqp: an index past the table decodes with profile 0
     Mutation("kprof-index-past", "(int) idx < T.n_profiles ? (int) idx : 0", "(int) idx", KPROF),
 ]

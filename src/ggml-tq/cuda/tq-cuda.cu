@@ -229,9 +229,8 @@ static void tq_kprof_encode_cuda(const ggml_type type, const Loc & loc, const in
         return;
     }
     GGML_ASSERT(nblocks <= INT32_MAX);
-    const unsigned n_tb = (unsigned) ((nblocks + TQ_KPROF_WARPS - 1) / TQ_KPROF_WARPS);
-    tq_k_encode_kprof<Loc><<<n_tb, 32 * TQ_KPROF_WARPS, 0, stream>>>(loc, tq_cuda_kprof_table(TQ_GGML_KP_WIDTH(type), stream),
-                                                                     (int) nblocks);
+    tq_k_encode_kprof<Loc><<<(unsigned) nblocks, TQ_KPROF_THREADS, 0, stream>>>(
+        loc, tq_cuda_kprof_table(TQ_GGML_KP_WIDTH(type), stream), (int) nblocks);
     CUDA_CHECK(cudaGetLastError());
 }
 

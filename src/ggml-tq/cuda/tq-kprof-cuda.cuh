@@ -9,8 +9,8 @@
 // The encoder follows tq_kprof_quantize_block: non-finite inputs as 0, every profile's squared error summed in
 // the profile's eval_order with the same float operations (tq-cuda.cu is built with -fmad=false; the division is
 // IEEE's, __fdiv_rn), the least error wins, the lowest index on a tie, an infinite error never (all infinite:
-// profile 0). One warp per block: lane l scores profiles l, l + 32, ..., then a shuffle reduction picks the
-// winner and the lanes OR its codes into the block's words in shared memory.
+// profile 0). One thread block of TQ_KPROF_THREADS per block: each thread scores whole profiles (so every sum
+// keeps the CPU's order), shuffles and shared memory pick the winner.
 #pragma once
 
 #include "tq-kprof.h"
@@ -31,7 +31,7 @@ struct tq_cuda_kprof {
     int              block_bytes;
 };
 
-#define TQ_KPROF_WARPS 4  // blocks (warps) per thread block of the encoder
+#define TQ_KPROF_THREADS 128  // threads per thread block of the encoder (one block each)
 
 // host: the copy's layout (room for TQ_KPROF_MAX_PROFILES profiles, so that its size never changes)
 struct tq_cuda_kprof_layout {
@@ -108,24 +108,38 @@ static __device__ __forceinline__ float tq_kprof_error(const tq_cuda_kprof & T, 
     return e;
 }
 
-// block ib of the warp's locator: encodes 64 floats into one ktqp block (lane = threadIdx.x % 32)
+// (e, p) better than (best_e, best): less error, the lower index on a tie (an infinite error is never better)
+static __device__ __forceinline__ void tq_kprof_better(float & best_e, int & best, const float e, const int p) {
+    if (e < best_e || (e == best_e && p < best)) {
+        best_e = e;
+        best   = p;
+    }
+}
+
+// block ib of the locator, by the TQ_KPROF_THREADS threads of the thread block: thread t scores profiles t,
+// t + TQ_KPROF_THREADS, ..., then the warps' and the block's reductions pick the winner and threads 0..63 OR its
+// codes into the block's words in shared memory
 template <class Loc>
 static __device__ __forceinline__ void tq_kprof_encode_block(const Loc & loc, const tq_cuda_kprof & T,
-                                                             const int64_t ib, float * s_x, uint32_t * s_w) {
-    const int    lane = threadIdx.x % 32;
-    const char * src  = loc.src_row(ib);
-    for (int j = lane; j < QK_TQ; j += 32) {
-        const float v = *(const float *) (src + j * loc.nb00);
-        s_x[j]        = isfinite(v) ? v : 0.0f;
+                                                             const int64_t ib) {
+    __shared__ float    s_x[QK_TQ];
+    __shared__ uint32_t s_w[8];
+    __shared__ float    s_e[TQ_KPROF_THREADS / 32];
+    __shared__ int      s_p[TQ_KPROF_THREADS / 32];
+    const int           tid  = threadIdx.x;
+    const int           lane = tid % 32;
+    if (tid < QK_TQ) {
+        const float v = *(const float *) (loc.src_row(ib) + tid * loc.nb00);
+        s_x[tid]      = isfinite(v) ? v : 0.0f;
     }
-    if (lane < 8) {
-        s_w[lane] = 0;
+    if (tid < 8) {
+        s_w[tid] = 0;
     }
-    __syncwarp();
+    __syncthreads();
 
     float best_e = INFINITY;
     int   best   = INT32_MAX;
-    for (int p = lane; p < T.n_profiles; p += 32) {  // ascending p: a tie keeps the lower index
+    for (int p = tid; p < T.n_profiles; p += TQ_KPROF_THREADS) {  // ascending p: a tie keeps the lower index
         const float e = tq_kprof_error(T, s_x, p);
         if (e < best_e) {
             best_e = e;
@@ -134,47 +148,47 @@ static __device__ __forceinline__ void tq_kprof_encode_block(const Loc & loc, co
     }
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
-        const float oe = __shfl_xor_sync(0xffffffff, best_e, off);
-        const int   op = __shfl_xor_sync(0xffffffff, best, off);
-        if (oe < best_e || (oe == best_e && op < best)) {
-            best_e = oe;
-            best   = op;
-        }
+        tq_kprof_better(best_e, best, __shfl_xor_sync(0xffffffff, best_e, off), __shfl_xor_sync(0xffffffff, best, off));
+    }
+    if (lane == 0) {
+        s_e[tid / 32] = best_e;
+        s_p[tid / 32] = best;
+    }
+    __syncthreads();
+    for (int w = 0; w < TQ_KPROF_THREADS / 32; ++w) {  // every thread, the same order: the same winner
+        tq_kprof_better(best_e, best, s_e[w], s_p[w]);
     }
     if (best == INT32_MAX) {  // every error infinite (values near float max)
         best = 0;
     }
 
-    if (lane == 0) {
+    if (tid == 0) {
         atomicOr(&s_w[0], (uint32_t) best);  // the index: bits 0 .. index_bits - 1
     }
-    for (int j = lane; j < QK_TQ; j += 32) {
-        const int b = T.bits[best * QK_TQ + j];
+    if (tid < QK_TQ) {
+        const int b = T.bits[best * QK_TQ + tid];
         if (b) {
-            const uint32_t code = tq_kprof_code(T, b, __fdiv_rn(s_x[j], T.scale[best * QK_TQ + j]));
-            const int      pos  = T.pos[best * QK_TQ + j];
+            const uint32_t code = tq_kprof_code(T, b, __fdiv_rn(s_x[tid], T.scale[best * QK_TQ + tid]));
+            const int      pos  = T.pos[best * QK_TQ + tid];
             atomicOr(&s_w[pos >> 5], code << (pos & 31));
             if ((pos & 31) + b > 32) {
                 atomicOr(&s_w[(pos >> 5) + 1], code >> (32 - (pos & 31)));
             }
         }
     }
-    __syncwarp();
+    __syncthreads();
     uint8_t * dst = loc.dst_blk(ib);
-    for (int i = lane; i < T.block_bytes; i += 32) {  // the stream is little-endian: byte i = bits 8i .. 8i + 7
-        dst[i] = (uint8_t) (s_w[i >> 2] >> (8 * (i & 3)));
+    if (tid < T.block_bytes) {  // the stream is little-endian: byte i = bits 8i .. 8i + 7
+        dst[tid] = (uint8_t) (s_w[tid >> 2] >> (8 * (tid & 3)));
     }
 }
 
+// one block per thread block (a decode step's few blocks then spread their profiles over 128 threads each)
 template <class Loc>
-static __global__ void __launch_bounds__(32 * TQ_KPROF_WARPS)
+static __global__ void __launch_bounds__(TQ_KPROF_THREADS)
     tq_k_encode_kprof(const Loc loc, const tq_cuda_kprof T, const int nblocks) {
-    __shared__ float    s_x[TQ_KPROF_WARPS][QK_TQ];
-    __shared__ uint32_t s_w[TQ_KPROF_WARPS][8];
-    const int           w  = threadIdx.x / 32;
-    const int64_t       ib = (int64_t) blockIdx.x * TQ_KPROF_WARPS + w;
-    if (ib < nblocks) {  // whole warps leave; no block-wide barrier follows
-        tq_kprof_encode_block(loc, T, ib, s_x[w], s_w[w]);
+    if ((int64_t) blockIdx.x < nblocks) {
+        tq_kprof_encode_block(loc, T, blockIdx.x);
     }
 }
 
