@@ -18,10 +18,11 @@ encoding's within 1e-5 relative, and at most 1 % of a type's blocks may differ. 
 forms must agree with each other byte for byte.
 
 The ktqp encoder and decoder (tq-kprof-cuda.cuh: a thread block per block, each thread scoring whole profiles,
-then shuffle and shared-memory reductions) run on the same kinds of blocks with the built-in tables of ktqp2 / ktqp3 and with a calibration-like
-table of 200 profiles (0..6 bits per coordinate), against tq_kprof_quantize_block byte for byte (the same float
-operations in the same order: no block may differ) and tq_kprof_dequantize_block value for value (also on blocks
-whose index lies past the table).
+then shuffle and shared-memory reductions) run on the same kinds of blocks with the built-in tables of ktqp2 /
+ktqp3 and with a calibration-like table of 200 profiles (0..6 bits per coordinate, exact copies of some profiles
+so that ties arise within a thread, a warp and a block), against tq_kprof_quantize_block byte for byte (the same
+float operations in the same order: no block may differ) and tq_kprof_dequantize_block value for value (also on
+blocks whose index lies past the table).
 
 The same program runs the f16 / f32 converter (tq-dequant-impl.cuh, eight values per thread) on the CPU's
 blocks of every type (three thread blocks: the grid-stride loop wraps) and requires every value to equal the CPU
@@ -157,7 +158,8 @@ MUTATIONS = [
     # ... and within a thread's profiles (p, p + 128, ...)
     Mutation("kprof-lane-tie", "        if (e < best_e) {", "        if (e <= best_e) {", KPROF),
     # ... and the barrier between the warps' winners and the block's reduction
-    Mutation("kprof-barrier", "        s_p[tid / 32] = best;\n    }\n    __syncthreads();", "        s_p[tid / 32] = best;\n    }", KPROF),
+    Mutation("kprof-barrier", "        s_p[tid / 32] = best;\n    }\n    __syncthreads();",
+             "        s_p[tid / 32] = best;\n    }", KPROF),
     # ktqp: a code that straddles two 32-bit words of the block
     Mutation("kprof-straddle", "                atomicOr(&s_w[(pos >> 5) + 1], code >> (32 - (pos & 31)));\n",
              "", KPROF),
