@@ -20,6 +20,18 @@
 
 #define TQ_CUDA_BLOCK_SIZE 256
 
+// element i of a row-major walk over extents [ne0, ne1, ne2, *]: its coordinates (x fastest)
+struct tq_cuda_i4 {
+    int64_t x, y, z, w;
+};
+
+static __device__ __forceinline__ tq_cuda_i4 tq_cuda_unravel(const int64_t i, const int64_t ne0, const int64_t ne1,
+                                                             const int64_t ne2) {
+    const int64_t r0 = i / ne0;
+    const int64_t r1 = r0 / ne1;
+    return { i % ne0, r0 % ne1, r1 % ne2, r1 / ne2 };
+}
+
 // ---- dequantize: contiguous, non-contiguous, get_rows -----------------------------------------------
 
 template <ggml_type type, typename dst_t>
@@ -44,14 +56,9 @@ static __global__ void tq_k_dequant_nc(const uint8_t * __restrict__ x, dst_t * _
     tq_cuda_load_tab<type>(s_tab, tab);
     __syncthreads();
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
-        const int64_t i00 = i % ne00;
-        int64_t       r   = i / ne00;
-        const int64_t i01 = r % ne01;
-        r /= ne01;
-        const int64_t i02 = r % ne02;
-        const int64_t i03 = r / ne02;
-        const int64_t ib  = i03 * s03 + i02 * s02 + i01 * s01 + i00 / QK_TQ;
-        y[i] = ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(x + ib * F::bs, (int) (i00 % QK_TQ), s_tab));
+        const tq_cuda_i4 c  = tq_cuda_unravel(i, ne00, ne01, ne02);
+        const int64_t    ib = c.w * s03 + c.z * s02 + c.y * s01 + c.x / QK_TQ;
+        y[i] = ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(x + ib * F::bs, (int) (c.x % QK_TQ), s_tab));
     }
 }
 
@@ -145,14 +152,9 @@ static __global__ void tq_k_kprof_dequant_nc(const uint8_t * __restrict__ x, dst
                                              const int64_t n, const int64_t s01, const int64_t s02, const int64_t s03,
                                              const tq_cuda_kprof T) {
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
-        const int64_t i00 = i % ne00;
-        int64_t       r   = i / ne00;
-        const int64_t i01 = r % ne01;
-        r /= ne01;
-        const int64_t i02 = r % ne02;
-        const int64_t i03 = r / ne02;
-        const int64_t ib  = i03 * s03 + i02 * s02 + i01 * s01 + i00 / QK_TQ;
-        y[i] = ggml_cuda_cast<dst_t>(tq_kprof_dequant1(x + ib * T.block_bytes, (int) (i00 % QK_TQ), T));
+        const tq_cuda_i4 c  = tq_cuda_unravel(i, ne00, ne01, ne02);
+        const int64_t    ib = c.w * s03 + c.z * s02 + c.y * s01 + c.x / QK_TQ;
+        y[i] = ggml_cuda_cast<dst_t>(tq_kprof_dequant1(x + ib * T.block_bytes, (int) (c.x % QK_TQ), T));
     }
 }
 
@@ -183,16 +185,11 @@ static __global__ void tq_k_kprof_get_rows(const char * __restrict__ src0, const
                                            const size_t nb03, const size_t nb10, const size_t nb11, const size_t nb12,
                                            const size_t nb1, const size_t nb2, const size_t nb3, const tq_cuda_kprof T) {
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
-        const int64_t i00 = i % ne00;
-        int64_t       r   = i / ne00;
-        const int64_t i10 = r % ne10;
-        r /= ne10;
-        const int64_t   i11 = r % ne11;
-        const int64_t   i12 = r / ne11;
-        const int64_t   row = *(const int32_t *) (src1 + i10 * nb10 + i11 * nb11 + i12 * nb12);
-        const uint8_t * blk = (const uint8_t *) (src0 + row * nb01 + i11 * nb02 + i12 * nb03) + (i00 / QK_TQ) * T.block_bytes;
-        dst_t *         y   = (dst_t *) (dst + i10 * nb1 + i11 * nb2 + i12 * nb3);
-        y[i00] = ggml_cuda_cast<dst_t>(tq_kprof_dequant1(blk, (int) (i00 % QK_TQ), T));
+        const tq_cuda_i4 c   = tq_cuda_unravel(i, ne00, ne10, ne11);  // i00, i10, i11, i12
+        const int64_t    row = *(const int32_t *) (src1 + c.y * nb10 + c.z * nb11 + c.w * nb12);
+        const uint8_t *  blk = (const uint8_t *) (src0 + row * nb01 + c.z * nb02 + c.w * nb03) + (c.x / QK_TQ) * T.block_bytes;
+        ((dst_t *) (dst + c.y * nb1 + c.z * nb2 + c.w * nb3))[c.x] =
+            ggml_cuda_cast<dst_t>(tq_kprof_dequant1(blk, (int) (c.x % QK_TQ), T));
     }
 }
 
@@ -204,22 +201,10 @@ static __global__ void tq_k_kprof_cpy_to_f32(const char * __restrict__ src0, cha
                                              const size_t nb10, const size_t nb11, const size_t nb12, const size_t nb13,
                                              const tq_cuda_kprof T) {
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
-        int64_t       r   = i;
-        const int64_t i00 = r % ne00;
-        r /= ne00;
-        const int64_t i01 = r % ne01;
-        r /= ne01;
-        const int64_t i02 = r % ne02;
-        const int64_t i03 = r / ne02;
-        r                 = i;
-        const int64_t i10 = r % ne10;
-        r /= ne10;
-        const int64_t i11 = r % ne11;
-        r /= ne11;
-        const int64_t   i12 = r % ne12;
-        const int64_t   i13 = r / ne12;
-        const uint8_t * blk = (const uint8_t *) (src0 + (i00 / QK_TQ) * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03);
-        *(float *) (dst + i10 * nb10 + i11 * nb11 + i12 * nb12 + i13 * nb13) = tq_kprof_dequant1(blk, (int) (i00 % QK_TQ), T);
+        const tq_cuda_i4 a   = tq_cuda_unravel(i, ne00, ne01, ne02);
+        const tq_cuda_i4 b   = tq_cuda_unravel(i, ne10, ne11, ne12);
+        const uint8_t *  blk = (const uint8_t *) (src0 + (a.x / QK_TQ) * nb00 + a.y * nb01 + a.z * nb02 + a.w * nb03);
+        *(float *) (dst + b.x * nb10 + b.y * nb11 + b.z * nb12 + b.w * nb13) = tq_kprof_dequant1(blk, (int) (a.x % QK_TQ), T);
     }
 }
 
@@ -316,16 +301,11 @@ static __global__ void tq_k_get_rows(const char * __restrict__ src0, const char 
     tq_cuda_load_tab<type>(s_tab, tab);
     __syncthreads();
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
-        const int64_t i00 = i % ne00;
-        int64_t       r   = i / ne00;
-        const int64_t i10 = r % ne10;
-        r /= ne10;
-        const int64_t i11 = r % ne11;
-        const int64_t i12 = r / ne11;
-        const int64_t row = *(const int32_t *) (src1 + i10 * nb10 + i11 * nb11 + i12 * nb12);
-        const uint8_t * blk = (const uint8_t *) (src0 + row * nb01 + i11 * nb02 + i12 * nb03) + (i00 / QK_TQ) * F::bs;
-        dst_t * y = (dst_t *) (dst + i10 * nb1 + i11 * nb2 + i12 * nb3);
-        y[i00]    = ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(blk, (int) (i00 % QK_TQ), s_tab));
+        const tq_cuda_i4 c   = tq_cuda_unravel(i, ne00, ne10, ne11);  // i00, i10, i11, i12
+        const int64_t    row = *(const int32_t *) (src1 + c.y * nb10 + c.z * nb11 + c.w * nb12);
+        const uint8_t *  blk = (const uint8_t *) (src0 + row * nb01 + c.z * nb02 + c.w * nb03) + (c.x / QK_TQ) * F::bs;
+        ((dst_t *) (dst + c.y * nb1 + c.z * nb2 + c.w * nb3))[c.x] =
+            ggml_cuda_cast<dst_t>(tq_cuda_dequant1<type>(blk, (int) (c.x % QK_TQ), s_tab));
     }
 }
 
@@ -633,23 +613,11 @@ static __global__ void tq_k_cpy_to_f32(const char * __restrict__ src0, char * __
     tq_cuda_load_tab<type>(s_tab, tab);
     __syncthreads();
     for (int64_t i = (int64_t) blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (int64_t) gridDim.x * blockDim.x) {
-        int64_t       r   = i;
-        const int64_t i00 = r % ne00;
-        r /= ne00;
-        const int64_t i01 = r % ne01;
-        r /= ne01;
-        const int64_t i02 = r % ne02;
-        const int64_t i03 = r / ne02;
-        r                 = i;
-        const int64_t i10 = r % ne10;
-        r /= ne10;
-        const int64_t i11 = r % ne11;
-        r /= ne11;
-        const int64_t i12 = r % ne12;
-        const int64_t i13 = r / ne12;
-        const uint8_t * blk = (const uint8_t *) (src0 + (i00 / QK_TQ) * nb00 + i01 * nb01 + i02 * nb02 + i03 * nb03);
-        *(float *) (dst + i10 * nb10 + i11 * nb11 + i12 * nb12 + i13 * nb13) =
-            tq_cuda_dequant1<type>(blk, (int) (i00 % QK_TQ), s_tab);
+        const tq_cuda_i4 a   = tq_cuda_unravel(i, ne00, ne01, ne02);
+        const tq_cuda_i4 b   = tq_cuda_unravel(i, ne10, ne11, ne12);
+        const uint8_t *  blk = (const uint8_t *) (src0 + (a.x / QK_TQ) * nb00 + a.y * nb01 + a.z * nb02 + a.w * nb03);
+        *(float *) (dst + b.x * nb10 + b.y * nb11 + b.z * nb12 + b.w * nb13) =
+            tq_cuda_dequant1<type>(blk, (int) (a.x % QK_TQ), s_tab);
     }
 }
 
