@@ -33,55 +33,44 @@ def _current_umask() -> int:
     return mask
 
 
-def _commit(tmp: str, dest: Path, directory: Path) -> None:
-    """A finished temporary file onto dest: the umask's permissions (mkstemp makes it 0600), rename, directory
-    fsync."""
-    os.chmod(tmp, 0o666 & ~_current_umask())
-    os.replace(tmp, dest)
-    fsync_dir(directory)
-
-
-def _dest(path: str | os.PathLike[str]) -> tuple[Path, Path]:
+@contextlib.contextmanager
+def _temp_beside(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
+    """(fd, name) of a new temporary file beside path. When the block ends normally (the caller has written and
+    fsynced it) it takes the umask's permissions (mkstemp makes it 0600) and replaces path, and the directory is
+    fsynced; when it raises, the file is removed."""
     dest = Path(path)
-    return dest, dest.parent if str(dest.parent) else Path(".")
+    directory = dest.parent if str(dest.parent) else Path(".")
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
+    try:
+        yield fd, tmp
+        os.chmod(tmp, 0o666 & ~_current_umask())
+        os.replace(tmp, dest)
+        fsync_dir(directory)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 @contextlib.contextmanager
 def atomic_writer(path: str | os.PathLike[str]) -> Iterator[IO[bytes]]:
     """``with atomic_writer(p) as f: f.write(...)``: p appears with all of it, or not at all."""
-    dest, directory = _dest(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        _commit(tmp, dest, directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with _temp_beside(path) as (fd, _), os.fdopen(fd, "wb") as fh:
+        yield fh
+        fh.flush()
+        os.fsync(fh.fileno())
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """For writers that take a file name (gguf.GGUFWriter): ``with atomic_path(p) as tmp: write(tmp)``; tmp, beside
     p, is fsynced and renamed onto p when the block ends normally, removed when it raises."""
-    dest, directory = _dest(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
+    with _temp_beside(path) as (fd, tmp):
         try:
-            os.fsync(fd)
+            yield Path(tmp)
+            os.fsync(fd)  # the writer's data, written through its own handle to the same file
         finally:
             os.close(fd)
-        _commit(tmp, dest, directory)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:

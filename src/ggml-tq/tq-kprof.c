@@ -365,12 +365,11 @@ bool tq_kprof_set_active(int width, const tq_kprof_table * t, const char * sourc
             TQ_ABORT("the built-in ktqp%d table is invalid", width);
         }
         snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "built-in");
-        g_kprof_generation[width - 2]++;
-        return true;
+    } else {
+        g_kprof[width - 2] = *t;
+        snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "%s", source ? source : "(unnamed)");
     }
-    g_kprof[width - 2] = *t;
     g_kprof_generation[width - 2]++;
-    snprintf(g_kprof_source[width - 2], sizeof(g_kprof_source[width - 2]), "%s", source ? source : "(unnamed)");
     return true;
 }
 

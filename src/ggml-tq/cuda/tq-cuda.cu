@@ -113,8 +113,7 @@ static void tq_dequant_nc_cuda(const void * x, dst_t * y, const int64_t ne00, co
 // changed while a stream is being captured aborts with a message rather than using stale blocks.
 static tq_cuda_kprof tq_cuda_kprof_table(const int width, cudaStream_t stream) {
     struct entry {
-        bool          valid = false;
-        uint32_t      generation = 0;
+        uint32_t      generation = 0;  // of the table copied; 0: none yet (tq_kprof_active_generation starts at 1)
         char *        d = nullptr;
         tq_cuda_kprof T = {};
     };
@@ -123,7 +122,7 @@ static tq_cuda_kprof tq_cuda_kprof_table(const int width, cudaStream_t stream) {
     std::lock_guard<std::mutex>                   lock(mutex);
     entry &                                       e   = tables[{ ggml_cuda_get_device(), width }];
     const uint32_t                                gen = tq_kprof_active_generation(width);
-    if (e.valid && e.generation == gen) {
+    if (e.generation == gen) {
         return e.T;
     }
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
@@ -141,7 +140,6 @@ static tq_cuda_kprof tq_cuda_kprof_table(const int width, cudaStream_t stream) {
     CUDA_CHECK(cudaStreamSynchronize(stream));  // h is freed on return; every stream then sees the table
     e.T          = tq_cuda_kprof_view(e.d, t);
     e.generation = gen;
-    e.valid      = true;
     return e.T;
 }
 
@@ -437,6 +435,10 @@ static void tq_encode_cuda_type(const ggml_type type, const Loc & loc, const int
         break;
         TQ_GGML_FOR_EACH(X)
 #undef X
+        case GGML_TYPE_KTQP2:
+        case GGML_TYPE_KTQP3:
+            tq_kprof_encode_cuda(type, loc, nblocks, stream);
+            break;
         default:
             GGML_ABORT("%s: not a llama-tq type: %s", __func__, ggml_type_name(type));
     }
@@ -461,10 +463,6 @@ static tq_cuda_loc_set_rows tq_cuda_set_rows_loc(const ggml_tensor * dst, int64_
 void tq_cuda_set_rows(ggml_backend_cuda_context & ctx, ggml_tensor * dst) {
     int64_t                    nblocks;
     const tq_cuda_loc_set_rows loc = tq_cuda_set_rows_loc(dst, &nblocks);
-    if (TQ_GGML_IS_KP(dst->type)) {
-        tq_kprof_encode_cuda(dst->type, loc, nblocks, ctx.stream());
-        return;
-    }
     tq_encode_cuda_type(dst->type, loc, nblocks, ctx.stream());
 }
 
@@ -634,11 +632,7 @@ void tq_cuda_cpy(ggml_backend_cuda_context & ctx, const ggml_tensor * src0, ggml
         GGML_ASSERT(n / QK_TQ <= INT32_MAX);  // the 32-bit splits of the locator
         const tq_cuda_loc_cpy loc = tq_cuda_make_loc_cpy(src0->data, src0->ne, src0->nb, src1->data, src1->ne, src1->nb,
                                                          (int) ggml_type_size(src1->type));
-        if (TQ_GGML_IS_KP(src1->type)) {
-            tq_kprof_encode_cuda(src1->type, loc, n / QK_TQ, stream);
-        } else {
-            tq_encode_cuda_type(src1->type, loc, n / QK_TQ, stream);
-        }
+        tq_encode_cuda_type(src1->type, loc, n / QK_TQ, stream);
         return;
     }
 

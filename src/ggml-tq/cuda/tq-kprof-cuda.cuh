@@ -1,6 +1,6 @@
 // llama-tq: the ktqp2 / ktqp3 K cache types on CUDA (format: src/ggml-tq/tq-kprof.h, docs/formats.md "K: ktqp2 /
-// ktqp3"). Device code only: included by tq-cuda.cu (the launches and the table upload) and by
-// tests/cuda_emu/encode_emu.cpp, which runs it on a CPU against the CPU reference.
+// ktqp3"). The kernels' device code and the host-side layout of the table's copy: included by tq-cuda.cu (the
+// launches and the upload) and by tests/cuda_emu/encode_emu.cpp, which runs them on a CPU against the CPU reference.
 //
 // A block's meaning depends on the process-wide profile table of its width (tq_kprof_active), which llama sets
 // from LLAMA_TQ_K_PROFILES at context creation. tq-cuda.cu keeps a copy of it in device memory per device and
